@@ -1,0 +1,89 @@
+"""The algorithm interface.
+
+The harness (bench.runner) owns the loop, the env-step budget, seeding, evaluation, logging and
+checkpoints. An algorithm owns its networks, how it acts, and how it updates:
+
+- `loop = "on_policy"`: the harness collects `n_steps` chunks from every env into a `Rollout` and calls
+  `update(rollout, iteration)` once per iteration (DPPO, Gaussian/GMM PPO, DRWR).
+- `loop = "off_policy"`: the harness steps the envs and calls `observe(transition)` after every chunk
+  and `update(None, iteration)` every iteration; the algorithm keeps its replay buffer (DIPO, IDQL, ...).
+
+Algorithms never write files, seed RNGs or step envs. Everything needed to resume goes in
+`state_dict()` (networks, optimisers, schedulers, running statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class AlgoContext:
+    """What the harness tells an algorithm about the run it is part of."""
+
+    obs_dim: int
+    act_dim: int
+    horizon_steps: int  # Tp
+    act_steps: int  # Ta
+    n_envs: int
+    n_steps: int  # chunks per env per iteration
+    n_iterations: int
+    suite: str
+    device: torch.device
+
+
+@dataclass
+class Rollout:
+    """One iteration of on-policy data, time-major: (T = n_steps, N = n_envs, ...), on the algorithm's device.
+
+    `rewards` are the raw chunk rewards (sum of the executed steps). An episode ends after step t where
+    `terminated[t] | truncated[t]`; then `obs[t + 1]` is the next episode's first observation and
+    `final_obs[t]` the true last observation of the ended one (bootstrap from it on truncation).
+    """
+
+    obs: torch.Tensor  # (T, N, obs_dim)
+    extras: dict[str, torch.Tensor]  # whatever `act` returned to store, each (T, N, ...)
+    rewards: torch.Tensor  # (T, N)
+    terminated: torch.Tensor  # (T, N) bool
+    truncated: torch.Tensor  # (T, N) bool
+    final_obs: torch.Tensor  # (T, N, obs_dim), valid where terminated | truncated
+    next_obs: torch.Tensor  # (N, obs_dim), observation after the last step
+
+
+@dataclass
+class ActOutput:
+    actions: torch.Tensor  # (N, Tp, Da) normalised action chunk
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-env data for the rollout
+
+
+class Algorithm:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    loop: ClassVar[str] = "on_policy"
+    policy_kind: ClassVar[str] = "diffusion"  # which pre-trained policy `bench run` starts from
+    # Dotted config overrides per suite (e.g. {"robomimic": {"algo.gamma": 0.999}}) and per preset.
+    suite_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+
+    def __init__(self, cfg, ctx: AlgoContext, pretrained):
+        self.cfg, self.ctx = cfg, ctx
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> ActOutput:
+        """Batched over envs. `generator` (given by evaluation) makes the draws independent of training."""
+        raise NotImplementedError
+
+    def update(self, rollout: Rollout | None, iteration: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def observe(self, obs, output: ActOutput, step) -> None:
+        """Off-policy algorithms store the transition; on-policy ones need not implement it."""
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError

@@ -1,0 +1,464 @@
+"""The harness: one seeded run of (task, algorithm) from data to results.
+
+It owns the loop (collect a rollout, let the algorithm update), the env-step budget, seeding, the
+evaluation schedule, metric logging, checkpoints and resume. Files of a run (`run_dir`):
+
+    config.json      resolved config + command line          (written at start)
+    versions.json    package versions, dataset checksum, pre-trained checkpoint key
+    metrics.csv      one row per iteration                    (rewritten atomically every iteration)
+    eval.csv         one row per evaluation
+    checkpoints/last.pt   everything needed to resume (algorithm, optimisers, scaler, RNGs, env states)
+    summary.json     written last: a run is complete iff it exists
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algorithms.base import AlgoContext, Algorithm, Rollout
+from algorithms.registry import get_algorithm
+from bench.config import RunConfig, run_config_from_dict, to_dict
+from bench.errors import BenchError
+from bench.store import atomic_torch_save, atomic_write_csv, atomic_write_json
+from envs.tasks import TaskSpec, get_task
+from envs.vector import Normalizer, TaskVectorEnv
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {name!r} requested but CUDA is not available; use --set device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"bad device {name!r}; valid: cpu, cuda, cuda:N, auto") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def versions() -> dict:
+    import gymnasium
+    import mujoco
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "numpy": np.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the pieces
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    task: TaskSpec
+    algo: Algorithm
+    normalizer: Normalizer
+    pretrained_meta: dict
+    device: torch.device
+
+
+def prepare_policy(cfg: RunConfig, log=print, progress=None):
+    """Dataset (made if missing) -> pre-trained policy (cached); returns (policy, normalizer, meta)."""
+    from bench.pretrain import load_pretrained, pretrain_diffusion
+    from envs.datasets import load_dataset
+
+    task = get_task(cfg.task)
+    tp = cfg.env.horizon_steps or task.horizon_steps
+    ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log)
+    device = resolve_device(cfg.device)
+    path = pretrain_diffusion(cfg.task, task.obs_dim, task.act_dim, ds, tp, cfg.pretrain, str(device), progress)
+    policy, norm, meta = load_pretrained(path, str(device))
+    meta = {k: meta[k] for k in ("key", "data_checksum", "data_source", "wall_s")} | {"path": str(path)}
+    return policy, norm, meta
+
+
+def build_algorithm(cfg: RunConfig, policy, device: torch.device) -> Algorithm:
+    task = get_task(cfg.task)
+    ctx = AlgoContext(obs_dim=task.obs_dim, act_dim=task.act_dim,
+                      horizon_steps=cfg.env.horizon_steps or task.horizon_steps,
+                      act_steps=cfg.env.act_steps or task.act_steps, n_envs=cfg.env.n_envs,
+                      n_steps=cfg.train.n_steps, n_iterations=cfg.train.n_iterations, suite=task.suite,
+                      device=device)
+    if ctx.act_steps > ctx.horizon_steps:
+        raise BenchError(f"env.act_steps ({ctx.act_steps}) cannot exceed env.horizon_steps ({ctx.horizon_steps})")
+    return get_algorithm(cfg.algorithm)(cfg.algo, ctx, policy)
+
+
+def make_env(cfg: RunConfig, norm: Normalizer, n_envs: int) -> TaskVectorEnv:
+    task = get_task(cfg.task)
+    return TaskVectorEnv(task, n_envs, cfg.env.act_steps or task.act_steps, norm, cfg.env.max_episode_steps,
+                         cfg.env.vector)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(algo: Algorithm, env: TaskVectorEnv, n_episodes: int, seed: int, device: torch.device) -> dict:
+    """Deterministic evaluation over exactly `n_episodes` complete episodes, spread over the envs.
+
+    The envs are reset from `seed` each time, so every evaluation of a run sees the same initial states.
+    """
+    n = env.n_envs
+    quota = np.array([n_episodes // n + (i < n_episodes % n) for i in range(n)])
+    returns, lengths, successes = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
+    ep_ret, ep_len, ep_succ = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, bool)
+    obs = env.reset(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    counts = np.zeros(n, np.int64)
+    while (counts < quota).any():
+        with torch.no_grad():
+            chunk = algo.act(torch.as_tensor(obs, device=device), deterministic=True, generator=generator).actions
+        step = env.step(chunk.cpu().numpy())
+        ep_ret += step.reward
+        ep_len += step.env_steps
+        ep_succ |= step.success
+        for i in np.flatnonzero((step.terminated | step.truncated) & (counts < quota)):
+            returns[i].append(ep_ret[i])
+            lengths[i].append(ep_len[i])
+            successes[i].append(ep_succ[i])
+            counts[i] += 1
+        done = step.terminated | step.truncated
+        ep_ret[done], ep_len[done], ep_succ[done] = 0.0, 0, False
+        obs = step.obs
+    r = np.concatenate([np.asarray(x, float) for x in returns])
+    task = env.task
+    scores = [task.normalized_score(x) for x in r]
+    return {"return_mean": float(r.mean()), "return_std": float(r.std()),
+            "score_mean": float(np.mean(scores)) if scores[0] is not None else float("nan"),
+            "success_rate": float(np.mean(np.concatenate([np.asarray(s, float) for s in successes]))),
+            "episode_len": float(np.concatenate([np.asarray(x, float) for x in lengths]).mean()),
+            "n_episodes": int(len(r)), "returns": [float(x) for x in r]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout
+
+
+class EpisodeTracker:
+    """Returns of training episodes, counted when they end, whichever iteration they started in."""
+
+    def __init__(self, n_envs: int):
+        self.ret, self.len = np.zeros(n_envs), np.zeros(n_envs, np.int64)
+        self.succ = np.zeros(n_envs, bool)
+        self.finished: list[tuple[float, int, bool]] = []
+
+    def add(self, step) -> None:
+        self.ret += step.reward
+        self.len += step.env_steps
+        self.succ |= step.success
+        done = step.terminated | step.truncated
+        self.finished += list(zip(self.ret[done].tolist(), self.len[done].tolist(), self.succ[done].tolist()))
+        self.ret[done], self.len[done], self.succ[done] = 0.0, 0, False
+
+    def pop(self) -> dict:
+        f, self.finished = self.finished, []
+        if not f:
+            return {"train_return": float("nan"), "train_episodes": 0, "train_success_rate": float("nan")}
+        r, _, s = zip(*f)
+        return {"train_return": float(np.mean(r)), "train_episodes": len(f), "train_success_rate": float(np.mean(s))}
+
+    def state_dict(self):
+        return {"ret": self.ret.copy(), "len": self.len.copy(), "succ": self.succ.copy()}
+
+    def load_state_dict(self, d):
+        self.ret, self.len, self.succ = d["ret"].copy(), d["len"].copy(), d["succ"].copy()
+
+
+def collect_rollout(algo: Algorithm, env: TaskVectorEnv, obs: np.ndarray, n_steps: int,
+                    tracker: EpisodeTracker, device: torch.device):
+    """n_steps chunks from every env, batched: one `act` call per step for all envs."""
+    n, d = obs.shape
+    buf_obs = torch.empty((n_steps, n, d), device=device)
+    final_obs = torch.zeros((n_steps, n, d), device=device)
+    rewards = torch.empty((n_steps, n), device=device)
+    term = torch.empty((n_steps, n), dtype=torch.bool, device=device)
+    trunc = torch.empty((n_steps, n), dtype=torch.bool, device=device)
+    extras: dict[str, torch.Tensor] = {}
+    env_steps = 0
+    obs_t = torch.as_tensor(obs, device=device)
+    for t in range(n_steps):
+        out = algo.act(obs_t)
+        step = env.step(out.actions.cpu().numpy())
+        for k, v in out.extras.items():
+            if k not in extras:
+                extras[k] = torch.empty((n_steps,) + tuple(v.shape), dtype=v.dtype, device=device)
+            extras[k][t] = v
+        buf_obs[t] = obs_t
+        rewards[t] = torch.as_tensor(step.reward, dtype=torch.float32)
+        term[t], trunc[t] = torch.as_tensor(step.terminated), torch.as_tensor(step.truncated)
+        if (step.terminated | step.truncated).any():
+            final_obs[t] = torch.as_tensor(step.final_obs, device=device)
+        tracker.add(step)
+        env_steps += int(step.env_steps.sum())
+        obs_t = torch.as_tensor(step.obs, device=device)
+    ro = Rollout(buf_obs, extras, rewards, term, trunc, final_obs, obs_t)
+    return ro, obs_t.cpu().numpy(), env_steps
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+def _finite(metrics: dict, iteration: int) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and (math.isinf(v) or (math.isnan(v) and k.endswith("loss")))]
+    if bad:
+        raise BenchError(f"non-finite {', '.join(bad)} at iteration {iteration}; the run stops (last checkpoint kept)")
+
+
+def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "", log=print,
+        progress=None, pretrain_progress=None) -> dict:
+    """Train, evaluate and write one run; returns the summary. Resumes from checkpoints/last.pt."""
+    from bench.store import run_dir
+
+    rdir = run_dir(out_root, cfg.task, cfg.algorithm, cfg.seed)
+    ckpt_path = rdir / "checkpoints" / "last.pt"
+    if (rdir / "summary.json").exists():
+        if resume:
+            log(f"run {rdir} is already complete")
+            import json
+
+            return json.loads((rdir / "summary.json").read_text())
+        raise BenchError(f"run {rdir} already exists and is complete; use another --out or --seed, or delete it")
+    if rdir.exists() and any(rdir.iterdir()) and not resume:
+        raise BenchError(f"run {rdir} exists but is incomplete; continue it with --resume")
+    state = None
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        saved = run_config_from_dict(state["config"])
+        if to_dict(saved) != to_dict(cfg):
+            diff = sorted(k for k, v in _flat(to_dict(cfg)).items() if _flat(to_dict(saved)).get(k) != v)
+            raise BenchError(f"cannot resume {rdir}: config differs from the checkpoint in {', '.join(diff)}")
+
+    device = resolve_device(cfg.device)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    task = get_task(cfg.task)
+    policy, norm, pre_meta = prepare_policy(cfg, log, pretrain_progress)
+    seed_everything(cfg.seed)
+    algo = build_algorithm(cfg, policy, device)
+    env = make_env(cfg, norm, cfg.env.n_envs)
+    eval_env = make_env(cfg, norm, cfg.eval.n_envs)
+    tracker = EpisodeTracker(cfg.env.n_envs)
+    eval_seed = cfg.eval.seed + cfg.seed
+    obs = env.reset(seed=cfg.seed)
+    if state is None:
+        rdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.csv", "eval.csv"):
+            (rdir / stale).unlink(missing_ok=True)
+        atomic_write_json(rdir / "config.json", {"config": to_dict(cfg), "command": command})
+        atomic_write_json(rdir / "versions.json", {"versions": versions(), "dataset_checksum": pre_meta["data_checksum"],
+                                                   "dataset_source": pre_meta["data_source"], "pretrained": pre_meta})
+        start_itr, env_steps, wall_before, rows, evals = 0, 0, 0.0, [], []
+    else:
+        algo.load_state_dict(state["algo"])
+        set_rng_state(state["rng"])
+        tracker.load_state_dict(state["tracker"])
+        obs = env_restore(env, state["env"], obs)
+        start_itr, env_steps, wall_before = state["iteration"], state["env_steps"], state["wall_s"]
+        rows, evals = state["metrics"], state["evals"]
+        log(f"resuming {rdir} at iteration {start_itr}")
+
+    n_itr = cfg.train.n_iterations
+    t_start = time.time()
+
+    def do_eval(itr):
+        t = time.time()
+        res = evaluate(algo, eval_env, cfg.eval.n_episodes, eval_seed, device)
+        row = {"iteration": itr, "env_steps": env_steps, **{k: v for k, v in res.items() if k != "returns"},
+               "eval_s": time.time() - t}
+        evals.append(row)
+        atomic_write_csv(rdir / "eval.csv", evals)
+        return row
+
+    if start_itr == 0 and not evals:
+        do_eval(0)
+    if progress:
+        progress.start(n_itr, start_itr, env_steps, evals[-1] if evals else None)
+    for itr in range(start_itr, n_itr):
+        t0 = time.time()
+        algo_metrics = {}
+        ro, obs, steps = collect_rollout(algo, env, obs, cfg.train.n_steps, tracker, device)
+        t1 = time.time()
+        try:
+            algo_metrics = algo.update(ro, itr)
+        except FloatingPointError as e:
+            raise BenchError(f"{e}; the run stops (last checkpoint kept)") from None
+        _finite(algo_metrics, itr)
+        env_steps += steps
+        t2 = time.time()
+        row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
+               **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
+               "env_steps_per_s": steps / max(t2 - t0, 1e-9), **algo_metrics}
+        rows.append(row)
+        atomic_write_csv(rdir / "metrics.csv", rows)
+        last = itr + 1 == n_itr
+        if (itr + 1) % cfg.eval.every == 0 or last:
+            do_eval(itr + 1)
+        if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
+            save_checkpoint(ckpt_path, cfg, algo, policy, norm, itr + 1, env_steps,
+                            wall_before + time.time() - t_start, tracker, env, obs, rows, evals)
+        if progress:
+            progress.update(itr + 1, env_steps, row, evals[-1])
+
+    env.close()
+    eval_env.close()
+    summary = make_summary(cfg, task, evals, rows, env_steps, wall_before + time.time() - t_start, pre_meta)
+    atomic_write_json(rdir / "summary.json", summary)
+    return summary
+
+
+def make_summary(cfg, task, evals, rows, env_steps, wall_s, pre_meta) -> dict:
+    first, final = evals[0], evals[-1]
+    metric = "success_rate" if task.metric == "success_rate" else "return_mean"
+    return {
+        "complete": True, "task": cfg.task, "algorithm": cfg.algorithm, "seed": cfg.seed, "preset": cfg.preset,
+        "suite": task.suite, "metric": task.metric, "iterations": len(rows), "env_steps": env_steps,
+        "wall_s": wall_s, "pretrained_eval": first, "final_eval": final,
+        "pretrained_return": first["return_mean"], "final_return": final["return_mean"],
+        "pretrained_score": first["score_mean"], "final_score": final["score_mean"],
+        "pretrained_success_rate": first["success_rate"], "final_success_rate": final["success_rate"],
+        "best_" + metric: max(e[metric] for e in evals), "dataset_checksum": pre_meta["data_checksum"],
+        "pretrained_key": pre_meta["key"],
+    }
+
+
+def _flat(d, prefix=""):
+    from bench.config import flatten
+
+    return flatten(d, prefix)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def env_snapshot(env: TaskVectorEnv, obs: np.ndarray) -> dict:
+    """Exact state of MuJoCo gym envs (qpos, qvel, warm-start, time limit, RNG) so a resumed run
+    continues the same episodes; other envs are reset on resume."""
+    snap = {"obs": obs.copy(), "envs": None}
+    inner = getattr(env.env, "envs", None)
+    if inner is None:
+        return snap
+    try:
+        states = []
+        for e in inner:
+            u = e.unwrapped
+            tl = _find_time_limit(e)
+            states.append({"qpos": u.data.qpos.copy(), "qvel": u.data.qvel.copy(), "time": u.data.time,
+                           "qacc_warmstart": u.data.qacc_warmstart.copy(),
+                           "elapsed": tl._elapsed_steps if tl else None,
+                           "rng": u.np_random.bit_generator.state})
+        snap["envs"] = states
+    except AttributeError:
+        snap["envs"] = None
+    return snap
+
+
+def _find_time_limit(e):
+    import gymnasium as gym
+
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, gym.wrappers.TimeLimit):
+            return e
+        e = e.env
+    return None
+
+
+def env_restore(env: TaskVectorEnv, snap: dict, obs_after_reset: np.ndarray) -> np.ndarray:
+    inner = getattr(env.env, "envs", None)
+    if snap.get("envs") is None or inner is None or len(inner) != len(snap["envs"]):
+        return obs_after_reset  # cannot restore exactly: continue from freshly reset envs
+    for e, s in zip(inner, snap["envs"]):
+        u = e.unwrapped
+        u.set_state(s["qpos"], s["qvel"])
+        u.data.time = s["time"]
+        u.data.qacc_warmstart[:] = s["qacc_warmstart"]
+        tl = _find_time_limit(e)
+        if tl is not None:
+            tl._elapsed_steps = s["elapsed"]
+        u.np_random.bit_generator.state = s["rng"]
+    return snap["obs"]
+
+
+def save_checkpoint(path: Path, cfg, algo, policy, norm, iteration, env_steps, wall_s, tracker, env, obs,
+                    rows, evals) -> None:
+    atomic_torch_save(path, {
+        "format": CHECKPOINT_FORMAT, "config": to_dict(cfg), "iteration": iteration, "env_steps": env_steps,
+        "wall_s": wall_s, "algo": algo.state_dict(), "pretrained": policy.state_dict(),
+        "normalizer": norm.state_dict(), "rng": rng_state(), "tracker": tracker.state_dict(),
+        "env": env_snapshot(env, obs), "metrics": rows, "evals": evals,
+    })
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise BenchError(f"cannot load checkpoint {path}: corrupt or not a checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise BenchError(f"{path} is not a dppo-bench run checkpoint")
+    return state
+
+
+def load_for_eval(path: Path, device_name: str = "cpu"):
+    """A run directory or checkpoint -> (cfg, algorithm with the fine-tuned weights, normalizer, state)."""
+    from bench.pretrain import build_diffusion_policy
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise BenchError(f"no checkpoint at {path}")
+    state = load_checkpoint(path)
+    cfg = run_config_from_dict(state["config"])
+    cfg.device = device_name
+    device = resolve_device(device_name)
+    task = get_task(cfg.task)
+    policy = build_diffusion_policy(task.obs_dim, task.act_dim, cfg.env.horizon_steps or task.horizon_steps, cfg.pretrain)
+    policy.load_state_dict(state["pretrained"])
+    algo = build_algorithm(cfg, policy.to(device), device)
+    algo.load_state_dict(state["algo"])
+    return cfg, algo, Normalizer.from_state_dict(state["normalizer"]), state
+
+
+def eval_checkpoint(path: Path, n_episodes: int | None = None, seed: int | None = None, device: str = "cpu") -> dict:
+    cfg, algo, norm, state = load_for_eval(path, device)
+    n_envs = min(cfg.eval.n_envs, n_episodes or cfg.eval.n_episodes)
+    env = make_env(cfg, norm, n_envs)
+    res = evaluate(algo, env, n_episodes or cfg.eval.n_episodes,
+                   cfg.eval.seed + cfg.seed if seed is None else seed, resolve_device(device))
+    env.close()
+    return {"task": cfg.task, "algorithm": cfg.algorithm, "seed": cfg.seed, "iteration": state["iteration"], **res}

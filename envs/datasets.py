@@ -1,0 +1,236 @@
+"""Offline datasets: D4RL-format hdf5 (also the format of the built-in datasets), Minari, and the
+built-in "medium" datasets rolled out from the shipped behaviour policies.
+
+Every loader returns a `TransitionDataset` with a content checksum (sha256 over the arrays), which runs
+record and the pre-training cache keys on. Episodes end at `terminals | timeouts` (D4RL convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import BenchError
+from bench.store import atomic_write_json, atomic_path
+
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+
+def cache_root() -> Path:
+    """Where datasets and pre-trained policies are cached ($DPPO_BENCH_CACHE, default ~/.cache/dppo-bench)."""
+    return Path(os.environ.get("DPPO_BENCH_CACHE", Path.home() / ".cache" / "dppo-bench"))
+
+
+@dataclass
+class TransitionDataset:
+    observations: np.ndarray  # (N, obs_dim) float32
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32
+    terminals: np.ndarray  # (N,) bool: true environment termination
+    timeouts: np.ndarray  # (N,) bool: episode cut without termination (time limit or data end)
+    source: str = ""
+
+    def __post_init__(self):
+        n = len(self.observations)
+        if not all(len(x) == n for x in (self.actions, self.rewards, self.terminals, self.timeouts)):
+            raise BenchError(f"dataset {self.source}: arrays have different lengths")
+        if n == 0:
+            raise BenchError(f"dataset {self.source} is empty")
+        for name in ("observations", "actions", "rewards"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise BenchError(f"dataset {self.source}: non-finite values in {name}")
+        self.timeouts = self.timeouts.copy()
+        self.timeouts[-1] |= not self.terminals[-1]  # the data's end closes the last episode
+
+    @property
+    def checksum(self) -> str:
+        h = hashlib.sha256()
+        for name in D4RL_KEYS:
+            h.update(np.ascontiguousarray(getattr(self, name)).tobytes())
+        return h.hexdigest()
+
+    def episode_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) with ends exclusive."""
+        ends = np.flatnonzero(self.terminals | self.timeouts) + 1
+        starts = np.concatenate([[0], ends[:-1]])
+        return starts, ends
+
+    def episode_returns(self) -> np.ndarray:
+        starts, _ = self.episode_bounds()
+        return np.add.reduceat(self.rewards.astype(np.float64), starts)
+
+    def chunk_starts(self, horizon_steps: int) -> np.ndarray:
+        """Indices i whose chunk i..i+Tp-1 lies inside one episode (as DPPO's sequence dataset)."""
+        starts, ends = self.episode_bounds()
+        last_valid = np.repeat(ends - horizon_steps, ends - starts)
+        return np.flatnonzero(np.arange(len(self.observations)) <= last_valid)
+
+    def check_dims(self, obs_dim: int, act_dim: int, task: str) -> None:
+        if self.observations.shape[1] != obs_dim or self.actions.shape[1] != act_dim:
+            raise BenchError(
+                f"dataset {self.source} has obs/action dims {self.observations.shape[1]}/"
+                f"{self.actions.shape[1]}, task {task!r} needs {obs_dim}/{act_dim}")
+
+
+def write_d4rl_hdf5(path: Path, ds: TransitionDataset, next_observations: np.ndarray | None = None,
+                    attrs: dict | None = None) -> None:
+    """Write the D4RL layout atomically: observations, actions, rewards, terminals, timeouts (+ next_observations)."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name in D4RL_KEYS:
+                f.create_dataset(name, data=getattr(ds, name), compression="gzip", compression_opts=1)
+            if next_observations is not None:
+                f.create_dataset("next_observations", data=next_observations, compression="gzip",
+                                 compression_opts=1)
+            for k, v in (attrs or {}).items():
+                f["metadata/" + k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+
+
+def load_d4rl_hdf5(path: str | Path) -> TransitionDataset:
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in D4RL_KEYS if k not in f]
+            if missing:
+                raise BenchError(f"{path} is not a D4RL-format dataset: missing {', '.join(missing)} "
+                                 f"(needs {', '.join(D4RL_KEYS)})")
+            arrays = {k: f[k][()] for k in D4RL_KEYS}
+    except OSError as e:
+        raise BenchError(f"cannot read dataset {path}: corrupt or not hdf5 ({e})") from None
+    return TransitionDataset(
+        observations=arrays["observations"].astype(np.float32),
+        actions=arrays["actions"].astype(np.float32),
+        rewards=arrays["rewards"].astype(np.float32).reshape(-1),
+        terminals=arrays["terminals"].astype(bool).reshape(-1),
+        timeouts=arrays["timeouts"].astype(bool).reshape(-1),
+        source=str(path),
+    )
+
+
+def load_minari(dataset_id: str, download: bool = True) -> TransitionDataset:
+    """Load a Minari dataset (downloaded on first use when minari and the network are available)."""
+    try:
+        import minari
+    except ImportError:
+        raise BenchError("minari is not installed: pip install 'minari==0.5.3'") from None
+    try:
+        if dataset_id not in minari.list_local_datasets() and download:
+            minari.download_dataset(dataset_id)
+        dataset = minari.load_dataset(dataset_id)
+    except Exception as e:  # minari raises many kinds (network, missing, version)
+        raise BenchError(f"cannot load Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from None
+    obs, act, rew, term, tout = [], [], [], [], []
+    for ep in dataset.iterate_episodes():
+        o = np.asarray(ep.observations)
+        obs.append(o[:-1])
+        act.append(np.asarray(ep.actions))
+        rew.append(np.asarray(ep.rewards))
+        t = np.asarray(ep.terminations, bool)
+        tr = np.asarray(ep.truncations, bool).copy()
+        tr[-1] |= not t[-1]
+        term.append(t)
+        tout.append(tr)
+    return TransitionDataset(np.concatenate(obs).astype(np.float32), np.concatenate(act).astype(np.float32),
+                             np.concatenate(rew).astype(np.float32), np.concatenate(term),
+                             np.concatenate(tout), source=f"minari:{dataset_id}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in datasets
+
+
+def builtin_dataset_path(task: str, n_transitions: int, seed: int) -> Path:
+    return cache_root() / "data" / task / f"medium-{n_transitions}-seed{seed}.hdf5"
+
+
+def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_envs: int = 10,
+                         force: bool = False, log=print) -> Path:
+    """Roll out the shipped behaviour policy into a D4RL-format file (stochastic actions, seeded)."""
+    import gymnasium as gym
+    import torch
+
+    from envs.behavior import load_behavior_policy
+    from envs.tasks import get_task
+
+    task = get_task(task_name)
+    path = builtin_dataset_path(task_name, n_transitions, seed)
+    if path.exists() and not force:
+        return path
+    actor = load_behavior_policy(task_name)
+    envs = gym.vector.SyncVectorEnv([lambda: task.make_env(task.env_id, task.max_episode_steps)] * n_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    generator = torch.Generator().manual_seed(seed)
+    obs, _ = envs.reset(seed=seed)
+    streams = [{k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")} for _ in range(n_envs)]
+    episodes, total = [], 0
+    while total < n_transitions:
+        with torch.no_grad():
+            action = actor.sample(torch.as_tensor(obs, dtype=torch.float32), generator)[0].numpy()
+        next_obs, rew, term, trunc, info = envs.step(action)
+        true_next = next_obs.copy()
+        done = term | trunc
+        if done.any():
+            true_next[info["_final_obs"]] = np.stack(info["final_obs"][info["_final_obs"]])
+        for i in range(n_envs):  # bookkeeping only; the policy and the envs are batched
+            s = streams[i]
+            for k, v in (("obs", obs[i]), ("act", action[i]), ("rew", rew[i]), ("next", true_next[i]),
+                         ("term", term[i]), ("trunc", trunc[i])):
+                s[k].append(v)
+            if done[i]:
+                episodes.append({k: np.asarray(v) for k, v in s.items()})
+                total += len(s["rew"])
+                streams[i] = {k: [] for k in s}
+        obs = next_obs
+    envs.close()
+    cat = {k: np.concatenate([e[k] for e in episodes])[:n_transitions] for k in episodes[0]}
+    ds = TransitionDataset(cat["obs"].astype(np.float32), cat["act"].astype(np.float32),
+                           cat["rew"].astype(np.float32), cat["term"].astype(bool), cat["trunc"].astype(bool),
+                           source=str(path))
+    returns = ds.episode_returns()
+    attrs = {"task": task_name, "behavior_policy": f"envs/behavior_policies/{task_name}.pt", "seed": seed,
+             "n_episodes": int(len(returns)), "mean_return": float(returns.mean())}
+    write_d4rl_hdf5(path, ds, cat["next"].astype(np.float32), attrs)
+    atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum, n_transitions=n_transitions))
+    log(f"wrote {path}: {n_transitions} transitions, {len(returns)} episodes, "
+        f"mean return {returns.mean():.1f} (last episode may be cut)")
+    return path
+
+
+def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, make_missing: bool = True,
+                 log=print) -> TransitionDataset:
+    """Resolve a DataConfig source to a checked dataset for `task_name`."""
+    from envs.tasks import get_task
+
+    task = get_task(task_name)
+    if source == "builtin":
+        path = builtin_dataset_path(task_name, n_transitions, seed)
+        if not path.exists():
+            if not make_missing:
+                raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
+            make_builtin_dataset(task_name, n_transitions, seed, log=log)
+        ds = load_d4rl_hdf5(path)
+        meta_path = path.with_suffix(".json")
+        if meta_path.exists():
+            expected = json.loads(meta_path.read_text()).get("checksum")
+            if expected and expected != ds.checksum:
+                raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
+                                 f"`bench data make {task_name} --force`")
+    elif source.startswith("minari:"):
+        ds = load_minari(source.removeprefix("minari:"))
+    elif source.endswith((".hdf5", ".h5")):
+        ds = load_d4rl_hdf5(source)
+    else:
+        raise BenchError(f"bad data.source {source!r}; valid: 'builtin', a D4RL .hdf5 path, 'minari:<id>'")
+    ds.check_dims(task.obs_dim, task.act_dim, task_name)
+    return ds
