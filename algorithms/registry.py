@@ -48,7 +48,10 @@ def get_algorithm(name: str) -> type:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise BenchError(f"cannot load algorithm {name!r}: {e}") from None
-        _REGISTRY.setdefault(name, cls)
+        from algorithms.base import Algorithm
+
+        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+            raise BenchError(f"cannot load algorithm {name!r}: {attr} is not an algorithms.base.Algorithm subclass")
         return cls
     else:
         eps = _entry_points()

@@ -287,6 +287,9 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
         (f"{algorithm} preset {preset}", algo_cls.presets.get(preset, {}).get(spec.suite, {})),
         ("--set", overrides or {}),
     ]
+    fixed = {"task", "algorithm", "seed", "preset"} & set(overrides or {})
+    if fixed:
+        raise BenchError(f"--set cannot change {', '.join(sorted(fixed))}; use the --task/--algo/--seed/--preset options")
     for source, layer in layers:
         apply_overrides(cfg, layer, source)
     return cfg

@@ -71,6 +71,9 @@ class TransitionDataset:
         return np.flatnonzero(np.arange(len(self.observations)) <= last_valid)
 
     def check_dims(self, obs_dim: int, act_dim: int, task: str) -> None:
+        if self.observations.ndim != 2 or self.actions.ndim != 2:
+            raise BenchError(f"dataset {self.source}: observations and actions must be 2-D (N, dim), got "
+                             f"shapes {self.observations.shape} and {self.actions.shape}")
         if self.observations.shape[1] != obs_dim or self.actions.shape[1] != act_dim:
             raise BenchError(
                 f"dataset {self.source} has obs/action dims {self.observations.shape[1]}/"
@@ -101,7 +104,7 @@ def load_d4rl_hdf5(path: str | Path) -> TransitionDataset:
         raise BenchError(f"dataset file {path} does not exist")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in D4RL_KEYS if k not in f]
+            missing = [k for k in D4RL_KEYS if not isinstance(f.get(k), h5py.Dataset)]
             if missing:
                 raise BenchError(f"{path} is not a D4RL-format dataset: missing {', '.join(missing)} "
                                  f"(needs {', '.join(D4RL_KEYS)})")

@@ -1,0 +1,452 @@
+"""Offline dataset loaders (envs/datasets.py) on small files written in the real formats.
+
+D4RL hdf5 files are written with h5py directly in D4RL's layout; Minari datasets with Minari's own
+writer, offline, under a tmp MINARI_DATASETS_PATH. Nothing is written outside tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from bench.errors import BenchError
+from envs import datasets as D
+from envs.tasks import get_task
+
+HOPPER = get_task("hopper")
+OBS, ACT = HOPPER.obs_dim, HOPPER.act_dim  # 11, 3
+
+# 12 transitions, three episodes:
+#   0..3  ends with a termination (terminals[3])
+#   4..8  ends with a time limit (timeouts[8])
+#   9..11 cut by the end of the data (no flag in the file; the loader closes it with a timeout)
+N = 12
+TERMINALS = np.zeros(N, bool)
+TERMINALS[3] = True
+TIMEOUTS = np.zeros(N, bool)
+TIMEOUTS[8] = True
+REWARDS = np.arange(1, N + 1, dtype=np.float32)  # episode returns 1+2+3+4, 5+...+9, 10+11+12
+EXPECTED_STARTS = np.array([0, 4, 9])
+EXPECTED_ENDS = np.array([4, 9, 12])
+EXPECTED_RETURNS = np.array([10.0, 35.0, 33.0])
+
+
+def _arrays(seed=0, obs_dim=OBS, act_dim=ACT):
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((N, obs_dim)).astype(np.float32)
+    next_obs = np.concatenate([obs[1:], rng.standard_normal((1, obs_dim)).astype(np.float32)])
+    return {
+        "observations": obs,
+        "actions": rng.uniform(-1, 1, (N, act_dim)).astype(np.float32),
+        "rewards": REWARDS.copy(),
+        "terminals": TERMINALS.copy(),
+        "timeouts": TIMEOUTS.copy(),
+        "next_observations": next_obs,
+    }
+
+
+def write_d4rl_like(path, arrays, skip=()):
+    """Write `arrays` the way D4RL's hdf5 files are laid out (incl. infos/ and metadata/ groups)."""
+    n = len(arrays["rewards"])
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            if k not in skip:
+                f.create_dataset(k, data=v)
+        f.create_dataset("infos/qpos", data=np.zeros((n, 6), np.float32))
+        f.create_dataset("infos/qvel", data=np.zeros((n, 6), np.float32))
+        f.create_dataset("infos/action_log_probs", data=np.zeros(n, np.float32))
+        f["metadata/algorithm"] = np.bytes_("SAC")
+        f["metadata/iteration"] = np.int64(1_000_000)
+        f["metadata/policy/nonlinearity"] = np.bytes_("relu")
+        f.create_dataset("metadata/policy/fc0/weight", data=np.zeros((256, OBS), np.float32))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# D4RL hdf5
+
+
+def test_load_d4rl_hdf5_real_layout(tmp_path):
+    arrays = _arrays()
+    path = write_d4rl_like(tmp_path / "hopper_medium-v2.hdf5", arrays)
+    ds = D.load_d4rl_hdf5(path)
+
+    assert ds.observations.dtype == np.float32 and ds.observations.shape == (N, OBS)
+    assert ds.actions.dtype == np.float32 and ds.actions.shape == (N, ACT)
+    assert ds.rewards.dtype == np.float32 and ds.rewards.shape == (N,)
+    assert ds.terminals.dtype == bool and ds.timeouts.dtype == bool
+    np.testing.assert_array_equal(ds.observations, arrays["observations"])
+    np.testing.assert_array_equal(ds.actions, arrays["actions"])
+    np.testing.assert_array_equal(ds.rewards, REWARDS)
+    np.testing.assert_array_equal(ds.terminals, TERMINALS)
+    expected_timeouts = TIMEOUTS.copy()
+    expected_timeouts[-1] = True  # the data's end closes the last episode
+    np.testing.assert_array_equal(ds.timeouts, expected_timeouts)
+    assert ds.source == str(path)
+
+    starts, ends = ds.episode_bounds()
+    np.testing.assert_array_equal(starts, EXPECTED_STARTS)
+    np.testing.assert_array_equal(ends, EXPECTED_ENDS)
+    np.testing.assert_allclose(ds.episode_returns(), EXPECTED_RETURNS)
+
+
+@pytest.mark.parametrize("horizon, expected", [
+    (1, list(range(N))),
+    (2, [0, 1, 2, 4, 5, 6, 7, 9, 10]),
+    (3, [0, 1, 4, 5, 6, 9]),
+    (4, [0, 4, 5]),  # the last episode (3 steps) is too short for a 4-step chunk
+    (5, [4]),
+    (6, []),
+])
+def test_chunk_starts_stay_inside_one_episode(tmp_path, horizon, expected):
+    ds = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "d.hdf5", _arrays()))
+    got = ds.chunk_starts(horizon)
+    np.testing.assert_array_equal(got, np.array(expected, dtype=got.dtype))
+    # brute force: i..i+Tp-1 lies in one episode
+    starts, ends = ds.episode_bounds()
+    brute = [i for i in range(N) for s, e in zip(starts, ends) if s <= i and i + horizon <= e]
+    assert got.tolist() == brute
+
+
+def test_terminal_and_timeout_on_same_step_end_one_episode(tmp_path):
+    arrays = _arrays()
+    arrays["timeouts"][3] = True  # both flags at index 3: still one boundary
+    arrays["terminals"][-1] = True  # the data ends with a termination: no extra timeout added
+    ds = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "d.hdf5", arrays))
+    assert not ds.timeouts[-1]
+    starts, ends = ds.episode_bounds()
+    np.testing.assert_array_equal(starts, EXPECTED_STARTS)
+    np.testing.assert_array_equal(ends, EXPECTED_ENDS)
+
+
+def test_load_dataset_with_hdf5_path(tmp_path):
+    arrays = _arrays()
+    path = write_d4rl_like(tmp_path / "hopper.hdf5", arrays)
+    ds = D.load_dataset("hopper", str(path), n_transitions=0, seed=0, make_missing=False)
+    np.testing.assert_array_equal(ds.observations, arrays["observations"])
+    assert ds.checksum == D.load_d4rl_hdf5(path).checksum
+    # ".h5" is accepted too
+    h5 = write_d4rl_like(tmp_path / "hopper.h5", arrays)
+    assert D.load_dataset("hopper", str(h5), 0, 0, make_missing=False).checksum == ds.checksum
+
+
+def test_checksum_is_stable_and_tracks_content(tmp_path):
+    arrays = _arrays()
+    a = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "a.hdf5", arrays))
+    b = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "b.hdf5", arrays))
+    assert len(a.checksum) == 64
+    assert a.checksum == b.checksum == D.load_d4rl_hdf5(tmp_path / "a.hdf5").checksum
+    # infos/, metadata/ and next_observations are not part of the content checksum
+    c = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "c.hdf5", arrays, skip=("next_observations",)))
+    assert c.checksum == a.checksum
+
+    seen = {a.checksum}
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+        changed = {k: v.copy() for k, v in arrays.items()}
+        if changed[key].dtype == bool:
+            changed[key][1] = ~changed[key][1]
+        else:
+            changed[key][1] += 0.5
+        d = D.load_d4rl_hdf5(write_d4rl_like(tmp_path / f"{key}.hdf5", changed))
+        assert d.checksum not in seen, key
+        seen.add(d.checksum)
+
+
+def test_write_then_load_round_trip(tmp_path):
+    arrays = _arrays(seed=3)
+    ds = D.TransitionDataset(arrays["observations"], arrays["actions"], arrays["rewards"],
+                             arrays["terminals"], arrays["timeouts"], source="mem")
+    path = tmp_path / "sub" / "rt.hdf5"
+    attrs = {"task": "hopper", "seed": 3, "info": {"a": 1}}
+    D.write_d4rl_hdf5(path, ds, arrays["next_observations"], attrs)
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["rt.hdf5"]  # no temp file left behind
+
+    back = D.load_d4rl_hdf5(path)
+    for name in D.D4RL_KEYS:
+        np.testing.assert_array_equal(getattr(back, name), getattr(ds, name))
+    assert back.checksum == ds.checksum
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["next_observations"][()], arrays["next_observations"])
+        assert f["metadata/task"][()].decode() == "hopper"
+        assert int(f["metadata/seed"][()]) == 3
+        assert json.loads(f["metadata/info"][()]) == {"a": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Minari
+
+
+def _hopper_episodes(max_episode_steps=30, n_episodes=4, seed=0):
+    """Random-action Hopper-v5 episodes as Minari EpisodeBuffers (+ one cut by the data's end)."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make("Hopper-v5", max_episode_steps=max_episode_steps)
+    env.action_space.seed(seed)
+    buffers = []
+    for ep in range(n_episodes + 1):
+        obs, _ = env.reset(seed=seed + ep)
+        o, a, r, te, tr = [obs], [], [], [], []
+        while True:
+            action = env.action_space.sample()
+            obs, rew, term, trunc, _ = env.step(action)
+            o.append(obs), a.append(action), r.append(rew), te.append(term), tr.append(trunc)
+            if term or trunc or (ep == n_episodes and len(a) == 5):
+                break
+        buffers.append(EpisodeBuffer(id=ep, observations=o, actions=a, rewards=r, terminations=te,
+                                     truncations=tr, infos={}))
+    return env, buffers
+
+
+def _create_minari_with_buffers(dataset_id, monkeypatch=None):
+    import minari
+
+    env, buffers = _hopper_episodes()
+    return minari.create_dataset_from_buffers(
+        dataset_id, buffers, env=env, algorithm_name="random", author="tests",
+        author_email="tests@example.com", code_permalink="https://example.com/tests",
+        description="tiny random hopper", eval_env=env.spec)
+
+
+def _tree_map(f, tree, *rest):
+    """jax.tree_util.tree_map for what DataCollector passes: dicts of arrays/scalars (the first tree's
+    structure decides; the buffer lists in `rest` are leaves there, as in jax)."""
+    if isinstance(tree, dict):
+        return {k: _tree_map(f, v, *(r[k] for r in rest)) for k, v in tree.items()}
+    return f(tree, *rest)
+
+
+def _create_minari_with_collector(dataset_id, monkeypatch):
+    try:
+        import jax.tree_util  # noqa: F401  (minari[create])
+    except ImportError:  # minari's EpisodeBuffer only needs jax.tree_util.tree_map
+        import types
+
+        jax = types.ModuleType("jax")
+        jax.tree_util = types.ModuleType("jax.tree_util")
+        jax.tree_util.tree_map = _tree_map
+        monkeypatch.setitem(sys.modules, "jax", jax)
+        monkeypatch.setitem(sys.modules, "jax.tree_util", jax.tree_util)
+    import gymnasium as gym
+    import minari
+
+    env = minari.DataCollector(gym.make("Hopper-v5", max_episode_steps=30))
+    env.action_space.seed(0)
+    for ep in range(4):
+        env.reset(seed=ep)
+        while True:
+            _, _, term, trunc, _ = env.step(env.action_space.sample())
+            if term or trunc:
+                break
+    return env.create_dataset(dataset_id=dataset_id, algorithm_name="random", author="tests",
+                              author_email="tests@example.com", code_permalink="https://example.com/tests",
+                              description="tiny random hopper", eval_env=env.spec)
+
+
+@pytest.mark.parametrize("writer", [_create_minari_with_buffers, _create_minari_with_collector],
+                         ids=["create_dataset_from_buffers", "DataCollector"])
+def test_load_minari_local_dataset(tmp_path, monkeypatch, writer):
+    import minari
+
+    dataset_id = "test/hopper/tiny-v0"
+    writer(dataset_id, monkeypatch)
+    assert dataset_id in minari.list_local_datasets()
+    assert (tmp_path / "minari").is_dir()  # written under the tmp MINARI_DATASETS_PATH only
+
+    episodes = list(minari.load_dataset(dataset_id).iterate_episodes())
+    lengths = [len(ep.actions) for ep in episodes]
+    assert len(episodes) >= 4
+
+    for ds in (D.load_minari(dataset_id, download=False),
+               D.load_dataset("hopper", f"minari:{dataset_id}", 0, 0, make_missing=False)):
+        assert ds.source == f"minari:{dataset_id}"
+        assert len(ds.observations) == sum(lengths)
+        assert ds.observations.shape == (sum(lengths), OBS) and ds.observations.dtype == np.float32
+        assert ds.actions.shape == (sum(lengths), ACT)
+        np.testing.assert_array_equal(
+            ds.observations, np.concatenate([ep.observations[:-1] for ep in episodes]).astype(np.float32))
+        np.testing.assert_array_equal(ds.actions, np.concatenate([ep.actions for ep in episodes]).astype(np.float32))
+        np.testing.assert_array_equal(ds.rewards, np.concatenate([ep.rewards for ep in episodes]).astype(np.float32))
+        np.testing.assert_array_equal(ds.terminals, np.concatenate([ep.terminations for ep in episodes]))
+        expected_timeouts = []
+        for ep in episodes:
+            tr = np.asarray(ep.truncations, bool).copy()
+            tr[-1] |= not ep.terminations[-1]  # an episode without either flag is closed as a timeout
+            expected_timeouts.append(tr)
+        np.testing.assert_array_equal(ds.timeouts, np.concatenate(expected_timeouts))
+        starts, ends = ds.episode_bounds()
+        np.testing.assert_array_equal(ends - starts, lengths)
+        np.testing.assert_array_equal(ends, np.cumsum(lengths))
+        np.testing.assert_allclose(ds.episode_returns(), [np.sum(ep.rewards, dtype=np.float64) for ep in episodes],
+                                   rtol=1e-5)
+
+
+def test_minari_buffers_cover_terminations_truncations_and_cut_episodes():
+    """The fixture data exercises all three ways an episode ends (guards the test above)."""
+    _create_minari_with_buffers("test/hopper/tiny-v0")
+    ds = D.load_minari("test/hopper/tiny-v0", download=False)
+    import minari
+
+    eps = list(minari.load_dataset("test/hopper/tiny-v0").iterate_episodes())
+    assert any(ep.terminations[-1] for ep in eps)
+    assert any(ep.truncations[-1] for ep in eps)
+    cut = [ep for ep in eps if not ep.terminations[-1] and not ep.truncations[-1]]
+    assert len(cut) == 1 and len(cut[0].actions) == 5
+    assert ds.timeouts[-1] and not ds.terminals[-1]
+
+
+def test_missing_minari_dataset_without_download_is_bench_error():
+    with pytest.raises(BenchError, match="cannot load Minari dataset 'test/hopper/nope-v0'"):
+        D.load_minari("test/hopper/nope-v0", download=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        D.load_d4rl_hdf5(tmp_path / "nope.hdf5")
+    with pytest.raises(BenchError, match="does not exist"):
+        D.load_dataset("hopper", str(tmp_path / "nope.hdf5"), 0, 0)
+
+
+def test_corrupt_hdf5(tmp_path):
+    path = tmp_path / "corrupt.hdf5"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(BenchError, match="corrupt or not hdf5"):
+        D.load_d4rl_hdf5(path)
+    with pytest.raises(BenchError, match="corrupt or not hdf5"):
+        D.load_dataset("hopper", str(path), 0, 0)
+
+
+def test_truncated_hdf5(tmp_path):
+    good = write_d4rl_like(tmp_path / "good.hdf5", _arrays())
+    data = good.read_bytes()
+    cut = tmp_path / "cut.hdf5"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BenchError, match="corrupt or not hdf5"):
+        D.load_d4rl_hdf5(cut)
+
+
+@pytest.mark.parametrize("missing", ["observations", "actions", "rewards", "terminals", "timeouts"])
+def test_hdf5_missing_required_key(tmp_path, missing):
+    path = write_d4rl_like(tmp_path / "partial.hdf5", _arrays(), skip=(missing,))
+    with pytest.raises(BenchError, match=f"missing {missing}") as e:
+        D.load_d4rl_hdf5(path)
+    assert "not a D4RL-format dataset" in str(e.value)
+
+
+def test_dims_not_matching_task(tmp_path):
+    path = write_d4rl_like(tmp_path / "small_obs.hdf5", _arrays(obs_dim=5))
+    D.load_d4rl_hdf5(path)  # a valid file on its own
+    with pytest.raises(BenchError, match=r"dims 5/3, task 'hopper' needs 11/3"):
+        D.load_dataset("hopper", str(path), 0, 0)
+    path = write_d4rl_like(tmp_path / "wrong_act.hdf5", _arrays(act_dim=6))
+    with pytest.raises(BenchError, match=r"dims 11/6, task 'hopper' needs 11/3"):
+        D.load_dataset("hopper", str(path), 0, 0)
+
+
+@pytest.mark.parametrize("key", ["observations", "actions", "rewards"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values(tmp_path, key, bad):
+    arrays = _arrays()
+    arrays[key][2] = bad
+    path = write_d4rl_like(tmp_path / "nan.hdf5", arrays)
+    with pytest.raises(BenchError, match=f"non-finite values in {key}"):
+        D.load_d4rl_hdf5(path)
+
+
+def test_arrays_of_different_lengths(tmp_path):
+    arrays = _arrays()
+    arrays["timeouts"] = arrays["timeouts"][:-1]
+    with pytest.raises(BenchError, match="different lengths"):
+        D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "len.hdf5", arrays))
+
+
+@pytest.mark.parametrize("source", ["foo", "", "data.npz", "minari"])
+def test_unknown_source(source):
+    with pytest.raises(BenchError, match=r"bad data\.source .*valid: 'builtin', a D4RL \.hdf5 path, 'minari:<id>'"):
+        D.load_dataset("hopper", source, 100, 0)
+
+
+def test_unknown_task():
+    with pytest.raises(BenchError, match="unknown task 'nope'; valid tasks: .*hopper"):
+        D.load_dataset("nope", "foo", 100, 0)
+
+
+def _write_builtin(checksum=None, n=N, seed=0):
+    arrays = _arrays()
+    ds = D.TransitionDataset(arrays["observations"], arrays["actions"], arrays["rewards"],
+                             arrays["terminals"], arrays["timeouts"])
+    path = D.builtin_dataset_path("hopper", n, seed)
+    D.write_d4rl_hdf5(path, ds, arrays["next_observations"], {"task": "hopper"})
+    meta = {"task": "hopper", "checksum": checksum or ds.checksum, "n_transitions": n}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path, ds
+
+
+def test_builtin_path_is_under_cache_root(tmp_path):
+    path = D.builtin_dataset_path("hopper", 3000, 1)
+    assert D.cache_root() == tmp_path / "cache"
+    assert path == tmp_path / "cache" / "data" / "hopper" / "medium-3000-seed1.hdf5"
+
+
+def test_builtin_dataset_with_matching_checksum_loads(tmp_path):
+    path, ds = _write_builtin()
+    got = D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+    assert got.checksum == ds.checksum
+    assert got.source == str(path)
+
+
+def test_builtin_dataset_checksum_mismatch(tmp_path):
+    path, _ = _write_builtin(checksum="0" * 64)
+    with pytest.raises(BenchError, match=r"corrupt \(checksum mismatch\).*bench data make hopper --force"):
+        D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+
+
+def test_builtin_dataset_missing_without_make(tmp_path):
+    with pytest.raises(BenchError, match="is missing; make it with `bench data make hopper`"):
+        D.load_dataset("hopper", "builtin", 777, 0, make_missing=False)
+    assert not (tmp_path / "cache" / "data" / "hopper" / "medium-777-seed0.hdf5").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Malformed array shapes and layouts
+
+
+def test_one_dimensional_observations_are_bench_error(tmp_path):
+    arrays = _arrays()
+    arrays["observations"] = arrays["observations"][:, 0].copy()  # (N,) instead of (N, 11)
+    path = write_d4rl_like(tmp_path / "flat.hdf5", arrays)
+    with pytest.raises(BenchError):
+        D.load_dataset("hopper", str(path), 0, 0)
+
+
+def test_required_key_that_is_a_group_is_bench_error(tmp_path):
+    path = write_d4rl_like(tmp_path / "group.hdf5", _arrays(), skip=("observations",))
+    with h5py.File(path, "a") as f:
+        f.create_dataset("observations/state", data=np.zeros((N, OBS), np.float32))
+    with pytest.raises(BenchError):
+        D.load_d4rl_hdf5(path)
+
+
+def test_no_writes_outside_tmp(tmp_path):
+    """Loading a builtin dataset that exists only reads; the cache root is the tmp one."""
+    _write_builtin()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert os.environ["DPPO_BENCH_CACHE"].startswith(str(tmp_path))
