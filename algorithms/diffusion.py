@@ -42,7 +42,7 @@ class DenoisingChain(nn.Module):
 
     DDPM position i visits timestep t = K-1-i; the posterior q(x_{t-1} | x_t, x0) gives
     mean = c_x0 * x0 + c_xt * x_t with x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), and
-    var = beta_t (1 - a_{t-1}) / (1 - a_t). DDIM visits t = K - 1 - i*K/S ... 0 with
+    var = beta_t (1 - a_{t-1}) / (1 - a_t). DDIM visits t = K - K/S, K - 2K/S, ..., 0 (as DPPO) with
     mean = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps, sigma = eta sqrt((1-a_prev)/(1-a_t) (1-a_t/a_prev)).
     """
 

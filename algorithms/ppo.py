@@ -19,7 +19,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     """
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[0])
-    not_done = 1.0 - dones.float()
+    not_done = 1.0 - dones.to(rewards.dtype)
     for t in range(rewards.shape[0] - 1, -1, -1):
         delta = rewards[t] + gamma * next_values[t] - values[t]
         last = delta + gamma * lam * not_done[t] * last

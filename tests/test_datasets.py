@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import h5py
 import numpy as np
@@ -220,48 +219,12 @@ def _create_minari_with_buffers(dataset_id, monkeypatch=None):
         description="tiny random hopper", eval_env=env.spec)
 
 
-def _tree_map(f, tree, *rest):
-    """jax.tree_util.tree_map for what DataCollector passes: dicts of arrays/scalars (the first tree's
-    structure decides; the buffer lists in `rest` are leaves there, as in jax)."""
-    if isinstance(tree, dict):
-        return {k: _tree_map(f, v, *(r[k] for r in rest)) for k, v in tree.items()}
-    return f(tree, *rest)
-
-
-def _create_minari_with_collector(dataset_id, monkeypatch):
-    try:
-        import jax.tree_util  # noqa: F401  (minari[create])
-    except ImportError:  # minari's EpisodeBuffer only needs jax.tree_util.tree_map
-        import types
-
-        jax = types.ModuleType("jax")
-        jax.tree_util = types.ModuleType("jax.tree_util")
-        jax.tree_util.tree_map = _tree_map
-        monkeypatch.setitem(sys.modules, "jax", jax)
-        monkeypatch.setitem(sys.modules, "jax.tree_util", jax.tree_util)
-    import gymnasium as gym
-    import minari
-
-    env = minari.DataCollector(gym.make("Hopper-v5", max_episode_steps=30))
-    env.action_space.seed(0)
-    for ep in range(4):
-        env.reset(seed=ep)
-        while True:
-            _, _, term, trunc, _ = env.step(env.action_space.sample())
-            if term or trunc:
-                break
-    return env.create_dataset(dataset_id=dataset_id, algorithm_name="random", author="tests",
-                              author_email="tests@example.com", code_permalink="https://example.com/tests",
-                              description="tiny random hopper", eval_env=env.spec)
-
-
-@pytest.mark.parametrize("writer", [_create_minari_with_buffers, _create_minari_with_collector],
-                         ids=["create_dataset_from_buffers", "DataCollector"])
-def test_load_minari_local_dataset(tmp_path, monkeypatch, writer):
+def test_load_minari_local_dataset(tmp_path, monkeypatch):
+    """Written with Minari's own writer (create_dataset_from_buffers; its DataCollector needs jax)."""
     import minari
 
     dataset_id = "test/hopper/tiny-v0"
-    writer(dataset_id, monkeypatch)
+    _create_minari_with_buffers(dataset_id)
     assert dataset_id in minari.list_local_datasets()
     assert (tmp_path / "minari").is_dir()  # written under the tmp MINARI_DATASETS_PATH only
 

@@ -399,11 +399,6 @@ def test_gae_hand_example_with_termination_and_truncation():
     np.testing.assert_allclose(got32.double().numpy(), hand_gae(r, v, nv, d, gamma, lam), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "minor precision defect in algorithms.ppo.gae: not_done = 1.0 - dones.float() is float32, and "
-    "`gamma * lam * not_done[t]` (python float * float32 tensor) stays float32, so the decay gamma*lam "
-    "is rounded to float32 (0.72 -> 0.7200000286) even for float64 rewards/values; float64 GAE is "
-    "only float32-accurate (~1e-7 relative). Harmless for DPPO, which passes float32 tensors."))
 def test_gae_float64_keeps_float64_precision():
     gamma, lam = 0.9, 0.8
     r, v, nv, d = _gae_case()
