@@ -175,28 +175,26 @@ def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_en
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     generator = torch.Generator().manual_seed(seed)
     obs, _ = envs.reset(seed=seed)
-    streams = [{k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")} for _ in range(n_envs)]
-    episodes, total = [], 0
-    while total < n_transitions:
+    # Record (T, N) arrays, batched; cut them into complete episodes afterwards.
+    steps = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
+    last_done = np.zeros(n_envs, np.int64)  # per env: steps up to the end of its last complete episode
+    while last_done.sum() < n_transitions:
         with torch.no_grad():
             action = actor.sample(torch.as_tensor(obs, dtype=torch.float32), generator)[0].numpy()
         next_obs, rew, term, trunc, info = envs.step(action)
         true_next = next_obs.copy()
-        done = term | trunc
-        if done.any():
+        if (term | trunc).any():
             true_next[info["_final_obs"]] = np.stack(info["final_obs"][info["_final_obs"]])
-        for i in range(n_envs):  # bookkeeping only; the policy and the envs are batched
-            s = streams[i]
-            for k, v in (("obs", obs[i]), ("act", action[i]), ("rew", rew[i]), ("next", true_next[i]),
-                         ("term", term[i]), ("trunc", trunc[i])):
-                s[k].append(v)
-            if done[i]:
-                episodes.append({k: np.asarray(v) for k, v in s.items()})
-                total += len(s["rew"])
-                streams[i] = {k: [] for k in s}
+        for k, v in (("obs", obs), ("act", action), ("rew", rew), ("next", true_next), ("term", term),
+                     ("trunc", trunc)):
+            steps[k].append(v)
+        last_done[term | trunc] = len(steps["rew"])
         obs = next_obs
     envs.close()
-    cat = {k: np.concatenate([e[k] for e in episodes])[:n_transitions] for k in episodes[0]}
+    arrays = {k: np.stack(v, 1) for k, v in steps.items()}  # (N, T, ...) env-major
+    # env-major order, each env's complete episodes in time order
+    keep = np.arange(arrays["rew"].shape[1])[None, :] < last_done[:, None]
+    cat = {k: v[keep][:n_transitions] for k, v in arrays.items()}
     ds = TransitionDataset(cat["obs"].astype(np.float32), cat["act"].astype(np.float32),
                            cat["rew"].astype(np.float32), cat["term"].astype(bool), cat["trunc"].astype(bool),
                            source=str(path))
