@@ -131,6 +131,10 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
     from envs.tasks import get_task
 
     cfg = _config(task, algo, 0, preset, set_)
+    if cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
     spec = get_task(task)
     ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print)
     path = pretrain_diffusion(task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps or spec.horizon_steps,

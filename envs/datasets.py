@@ -154,7 +154,12 @@ def load_minari(dataset_id: str, download: bool = True) -> TransitionDataset:
 
 
 def builtin_dataset_path(task: str, n_transitions: int, seed: int) -> Path:
-    return cache_root() / "data" / task / f"medium-{n_transitions}-seed{seed}.hdf5"
+    """Keyed by the shipped behaviour policy's content too, so a re-trained policy makes a new dataset."""
+    from envs.behavior import POLICY_DIR
+
+    policy = POLICY_DIR / f"{task}.pt"
+    tag = hashlib.sha256(policy.read_bytes()).hexdigest()[:8] if policy.exists() else "nopolicy"
+    return cache_root() / "data" / task / f"medium-{n_transitions}-seed{seed}-{tag}.hdf5"
 
 
 def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_envs: int = 10,

@@ -364,7 +364,12 @@ def _write_builtin(checksum=None, n=N, seed=0):
 def test_builtin_path_is_under_cache_root(tmp_path):
     path = D.builtin_dataset_path("hopper", 3000, 1)
     assert D.cache_root() == tmp_path / "cache"
-    assert path == tmp_path / "cache" / "data" / "hopper" / "medium-3000-seed1.hdf5"
+    import hashlib
+
+    from envs.behavior import POLICY_DIR
+
+    tag = hashlib.sha256((POLICY_DIR / "hopper.pt").read_bytes()).hexdigest()[:8]
+    assert path == tmp_path / "cache" / "data" / "hopper" / f"medium-3000-seed1-{tag}.hdf5"
 
 
 def test_builtin_dataset_with_matching_checksum_loads(tmp_path):
@@ -383,7 +388,7 @@ def test_builtin_dataset_checksum_mismatch(tmp_path):
 def test_builtin_dataset_missing_without_make(tmp_path):
     with pytest.raises(BenchError, match="is missing; make it with `bench data make hopper`"):
         D.load_dataset("hopper", "builtin", 777, 0, make_missing=False)
-    assert not (tmp_path / "cache" / "data" / "hopper" / "medium-777-seed0.hdf5").exists()
+    assert not D.builtin_dataset_path("hopper", 777, 0).exists()
 
 
 # ---------------------------------------------------------------------------------------------------
