@@ -177,12 +177,16 @@ def data_make(task: str = typer.Argument(...), n_transitions: Optional[int] = ty
 @data_app.command("train-behavior")
 def data_train_behavior(task: str = typer.Argument(...), steps: int = typer.Option(250_000, "--steps"),
                         seed: int = typer.Option(0, "--seed"),
+                        threads: int = typer.Option(1, "--threads", help="torch threads (the shipped policies used 1)"),
                         out: Path = typer.Option(None, "--out", help="default: envs/behavior_policies")):
     """Train the SAC behaviour policy whose rollouts make the built-in dataset (long: tens of minutes)."""
+    import torch
+
     from envs.behavior import POLICY_DIR, SACConfig, train_behavior_policy
     from envs.tasks import get_task
 
     get_task(task)
+    torch.set_num_threads(threads)
     best = train_behavior_policy(task, SACConfig(total_steps=steps, seed=seed), out or POLICY_DIR,
                                  log=err_console.print)
     console.print(best)
