@@ -1,12 +1,13 @@
 """The algorithm interface.
 
 The harness (bench.runner) owns the loop, the env-step budget, seeding, evaluation, logging and
-checkpoints. An algorithm owns its networks, how it acts, and how it updates:
+checkpoints. An algorithm owns its networks, how it acts, and how it updates. Each iteration the
+harness collects `n_steps` chunks from every env into a `Rollout` and calls `update(rollout, iteration)`:
 
-- `loop = "on_policy"`: the harness collects `n_steps` chunks from every env into a `Rollout` and calls
-  `update(rollout, iteration)` once per iteration (DPPO, Gaussian/GMM PPO, DRWR).
-- `loop = "off_policy"`: the harness steps the envs and calls `observe(transition)` after every chunk
-  and `update(None, iteration)` every iteration; the algorithm keeps its replay buffer (DIPO, IDQL, ...).
+- on-policy algorithms (DPPO, Gaussian/GMM PPO, DRWR) update on that rollout and drop it;
+- off-policy algorithms (DIPO, IDQL, DQL, QSM) append its transitions to their replay buffer (the
+  `final_obs` of a truncated step is its true next observation) and take their replay-ratio gradient
+  steps; they use small `n_steps`, as the original code's off-policy agents do.
 
 Algorithms never write files, seed RNGs or step envs. Everything needed to resume goes in
 `state_dict()` (networks, optimisers, schedulers, running statistics).
@@ -62,7 +63,6 @@ class ActOutput:
 class Algorithm:
     name: ClassVar[str] = ""
     Config: ClassVar[type]
-    loop: ClassVar[str] = "on_policy"
     policy_kind: ClassVar[str] = "diffusion"  # which pre-trained policy `bench run` starts from
     # Dotted config overrides per suite (e.g. {"robomimic": {"algo.gamma": 0.999}}) and per preset.
     suite_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -76,11 +76,8 @@ class Algorithm:
         """Batched over envs. `generator` (given by evaluation) makes the draws independent of training."""
         raise NotImplementedError
 
-    def update(self, rollout: Rollout | None, iteration: int) -> dict[str, float]:
+    def update(self, rollout: Rollout, iteration: int) -> dict[str, float]:
         raise NotImplementedError
-
-    def observe(self, obs, output: ActOutput, step) -> None:
-        """Off-policy algorithms store the transition; on-policy ones need not implement it."""
 
     def state_dict(self) -> dict:
         raise NotImplementedError

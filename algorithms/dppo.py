@@ -78,7 +78,6 @@ class DPPOConfig:
 @register_algorithm("dppo")
 class DPPO(Algorithm):
     Config = DPPOConfig
-    loop = "on_policy"
     policy_kind = "diffusion"
     suite_defaults = {
         "robomimic": {"algo.gamma": 0.999, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 2,

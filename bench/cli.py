@@ -51,13 +51,13 @@ def algos():
     """List the registered algorithms (built-in and entry-point plugins)."""
     from algorithms.registry import get_algorithm, list_algorithms
 
-    table = Table("algorithm", "loop", "starts from", "module")
+    table = Table("algorithm", "starts from", "module")
     for name in list_algorithms():
         try:
             cls = get_algorithm(name)
-            table.add_row(name, cls.loop, cls.policy_kind, cls.__module__)
+            table.add_row(name, cls.policy_kind, cls.__module__)
         except Exception as e:  # a broken plugin must not hide the others
-            table.add_row(name, "?", "?", f"[red]failed to load: {e}")
+            table.add_row(name, "?", f"[red]failed to load: {e}")
     console.print(table)
 
 

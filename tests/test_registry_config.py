@@ -129,7 +129,7 @@ def test_entry_point_plugin_is_listed_without_import(demo_plugin):
     assert "bench_plugin_demo" in sys.modules
     demo = sys.modules["bench_plugin_demo"]
     assert cls is demo.DemoAlgo and issubclass(cls, Algorithm)
-    assert cls.name == "demo_algo" and cls.loop == "off_policy"
+    assert cls.name == "demo_algo" and cls.policy_kind == "diffusion"
     assert registry._REGISTRY["demo_algo"] is cls
     assert get_algorithm("demo_algo") is cls
 

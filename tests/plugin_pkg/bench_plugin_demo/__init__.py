@@ -18,4 +18,4 @@ class DemoConfig:
 @register_algorithm("demo_algo")
 class DemoAlgo(Algorithm):
     Config = DemoConfig
-    loop = "off_policy"
+    policy_kind = "diffusion"
