@@ -128,3 +128,13 @@ def test_killed_run_resumes_to_the_same_result(smoke_run, tmp_path):
     before = (d / "summary.json").read_text()
     r = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0 and (d / "summary.json").read_text() == before
+
+
+def test_async_vector_env_gives_the_same_run(smoke_run, tmp_path, cli):
+    """AsyncVectorEnv (worker processes) is an execution choice only: same seed, same metrics."""
+    code, _, err = cli("run", "--task", "hopper", "--preset", "smoke", "--out", tmp_path, "--quiet",
+                       "--set", "env.vector=async")
+    assert code == 0, err
+    a = pd.read_csv(run_dir(smoke_run) / "metrics.csv").drop(columns=TIMING, errors="ignore")
+    b = pd.read_csv(run_dir(tmp_path) / "metrics.csv").drop(columns=TIMING, errors="ignore")
+    pd.testing.assert_frame_equal(a, b)
