@@ -13,11 +13,9 @@ evaluation schedule, metric logging, checkpoints and resume. Files of a run (`ru
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import platform
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import torch
 
 from algorithms.base import AlgoContext, Algorithm, Rollout
 from algorithms.registry import get_algorithm
-from bench.config import RunConfig, run_config_from_dict, to_dict
+from bench.config import RunConfig, flatten, run_config_from_dict, to_dict
 from bench.errors import BenchError
 from bench.store import atomic_torch_save, atomic_write_csv, atomic_write_json
 from envs.tasks import TaskSpec, get_task
@@ -259,7 +257,8 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         state = load_checkpoint(ckpt_path)
         saved = run_config_from_dict(state["config"])
         if to_dict(saved) != to_dict(cfg):
-            diff = sorted(k for k, v in _flat(to_dict(cfg)).items() if _flat(to_dict(saved)).get(k) != v)
+            saved_flat = flatten(to_dict(saved))
+            diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if saved_flat.get(k) != v)
             raise BenchError(f"cannot resume {rdir}: config differs from the checkpoint in {', '.join(diff)}")
 
     device = resolve_device(cfg.device)
@@ -353,12 +352,6 @@ def make_summary(cfg, task, evals, rows, env_steps, wall_s, pre_meta) -> dict:
         "best_" + metric: max(e[metric] for e in evals), "dataset_checksum": pre_meta["data_checksum"],
         "pretrained_key": pre_meta["key"],
     }
-
-
-def _flat(d, prefix=""):
-    from bench.config import flatten
-
-    return flatten(d, prefix)
 
 
 # ---------------------------------------------------------------------------------------------------

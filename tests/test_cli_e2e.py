@@ -68,7 +68,7 @@ def test_same_seed_gives_identical_metrics(smoke_run, tmp_path, cli):
 
 def test_eval_uses_finetuned_weights(smoke_run, cli):
     """`bench eval` must evaluate actor_ft (the original once evaluated the base network)."""
-    from bench.runner import evaluate, load_for_eval, make_env
+    from bench.runner import load_for_eval
 
     d = run_dir(smoke_run)
     cfg, algo, norm, state = load_for_eval(d)
@@ -138,3 +138,16 @@ def test_async_vector_env_gives_the_same_run(smoke_run, tmp_path, cli):
     a = pd.read_csv(run_dir(smoke_run) / "metrics.csv").drop(columns=TIMING, errors="ignore")
     b = pd.read_csv(run_dir(tmp_path) / "metrics.csv").drop(columns=TIMING, errors="ignore")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_resume_with_a_different_config_is_refused(smoke_run, tmp_path, cli):
+    import shutil
+
+    shutil.copytree(smoke_run / "runs", tmp_path / "runs")
+    d = run_dir(tmp_path)
+    (d / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in d.rglob("*"))
+    code, _, err = cli("run", "--task", "hopper", "--preset", "smoke", "--out", tmp_path, "--quiet", "--resume",
+                       "--set", "algo.clip=0.02")
+    assert code == 2 and "config differs" in err and "algo.clip" in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in d.rglob("*")) == before

@@ -206,7 +206,7 @@ def test_ddpm_mean_clipping_active_and_inactive():
     expected = hand_ddpm_mean(tab, i, f64(x), f64(eps))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     # by hand, entry by entry: x0 clipped to +1 / -1 where it was 2.5 / -3
-    xv, ev = f64(x)[0], f64(eps)[0]
+    xv = f64(x)[0]
     for (r, c), x0_used in {(0, 0): 0.3, (0, 1): -0.7, (1, 0): 1.0, (1, 1): -1.0}.items():
         want = tab["c_x0"][i] * x0_used + tab["c_xt"][i] * xv[r, c]
         assert got[0, r, c] == pytest.approx(want, abs=2e-6)
