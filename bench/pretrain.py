@@ -72,18 +72,16 @@ def pretrain_diffusion(task: str, obs_dim: int, act_dim: int, ds: TransitionData
     def lr_at(step):  # cosine from lr to lr_min
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / max(cfg.n_updates, 1)))
 
-    losses, t0, n = [], time.time(), len(obs)
+    curve, window, t0, n = [], [], time.time(), len(obs)
     for step in range(cfg.n_updates):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen, device=device)
         loss = policy.loss(acts[idx], obs[idx], generator=gen)
-        if not torch.isfinite(loss):
-            raise BenchError(f"pre-training loss became {loss.item()} at update {step}; lower pretrain.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        window.append(loss.detach())  # read back every 100 updates: no device sync per step
         if step % cfg.ema_every == 0:
             with torch.no_grad():
                 if step < cfg.ema_start:
@@ -91,10 +89,14 @@ def pretrain_diffusion(task: str, obs_dim: int, act_dim: int, ds: TransitionData
                 else:
                     for pe, p in zip(ema.parameters(), policy.parameters()):
                         pe.lerp_(p, 1 - cfg.ema_decay)
-        if progress and (step + 1) % 100 == 0:
-            progress(step + 1, cfg.n_updates, float(np.mean(losses[-100:])))
-    curve = [{"update": i + 1, "loss": float(np.mean(losses[max(0, i - 99): i + 1]))}
-             for i in range(99, len(losses), 100)]
+        if (step + 1) % 100 == 0 or step + 1 == cfg.n_updates:
+            mean_loss = torch.stack(window).mean().item()
+            window = []
+            if not math.isfinite(mean_loss):
+                raise BenchError(f"pre-training loss became {mean_loss} before update {step + 1}; lower pretrain.lr")
+            curve.append({"update": step + 1, "loss": mean_loss})
+            if progress:
+                progress(step + 1, cfg.n_updates, mean_loss)
     atomic_torch_save(path, {
         "format": FORMAT_VERSION, "task": task, "key": key, "policy_kind": "diffusion",
         "config": dataclasses.asdict(cfg), "horizon_steps": horizon_steps, "obs_dim": obs_dim,

@@ -114,3 +114,16 @@ def test_nan_loss_stops_the_run_and_nothing_looks_complete(cli, tmp_path):
                        "algo.critic_lr=1e15", "--set", "algo.critic_lr_min=1e15", "--set", "train.n_iterations=5")
     _one_line_error(code, err, "loss became nan")
     assert not list((tmp_path / "out").rglob("summary.json"))
+
+
+def test_nan_pretraining_loss_writes_nothing(cli, tmp_path):
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ["DPPO_BENCH_CACHE"]) / "pretrained"
+    before = sorted(cache.rglob("*.pt")) if cache.exists() else []
+    code, _, err = cli("run", "--preset", "smoke", "--out", tmp_path / "out", "--quiet",
+                       "--set", "pretrain.lr=1e30", "--set", "pretrain.lr_min=1e30")
+    _one_line_error(code, err, "pre-training loss became nan")
+    assert not (tmp_path / "out").exists()
+    assert (sorted(cache.rglob("*.pt")) if cache.exists() else []) == before
