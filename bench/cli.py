@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -190,6 +191,161 @@ def data_train_behavior(task: str = typer.Argument(...), steps: int = typer.Opti
     best = train_behavior_policy(task, SACConfig(total_steps=steps, seed=seed), out or POLICY_DIR,
                                  log=err_console.print)
     console.print(best)
+
+
+@app.command()
+def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separated, e.g. dppo,idql"),
+         tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated, e.g. hopper,walker2d"),
+         seeds: Optional[str] = typer.Option(None, "--seeds", help="e.g. 0-4 or 0,2,5 or 0-2,7"),
+         preset: str = typer.Option("small", "--preset"),
+         set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+         file: Optional[Path] = typer.Option(None, "--file", help="TOML grid file (algos, tasks, seeds, preset, set, workers, executor)"),
+         workers: Optional[int] = typer.Option(None, "--workers", help="parallel runs (local executor; default 1)"),
+         root: Path = typer.Option(Path("results"), "--root", help="results root shared by all runs"),
+         executor: Optional[str] = typer.Option(None, "--executor", help="local | ray"),
+         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. 10.0.0.1:6379 or auto"),
+         num_cpus: float = typer.Option(1, "--num-cpus", help="Ray: CPUs per run"),
+         num_gpus: float = typer.Option(0, "--num-gpus", help="Ray: GPUs per run"),
+         status: bool = typer.Option(False, "--status", help="only show the state of every run")):
+    """Run algorithms x tasks x seeds: skips complete runs, resumes interrupted ones, never runs one twice."""
+    from bench import grid as grid_mod
+    from bench.config import parse_set_options
+
+    if file is not None:
+        if algos or tasks or seeds:
+            raise BenchError("give either --file or --algos/--tasks/--seeds, not both")
+        spec = grid_mod.load_grid_file(file)
+        runs = spec["runs"]
+        workers = workers or spec.get("workers")
+        executor = executor or spec.get("executor")
+    else:
+        missing = [n for n, v in (("--algos", algos), ("--tasks", tasks), ("--seeds", seeds)) if not v]
+        if missing:
+            raise BenchError(f"bench grid needs {', '.join(missing)} (or --file grid.toml)")
+        runs = grid_mod.expand_grid(_split(algos), _split(tasks), seeds, preset, parse_set_options(set_ or []))
+    executor = executor or "local"
+    if executor not in grid_mod.EXECUTORS:
+        raise BenchError(f"unknown executor {executor!r}; valid executors: {', '.join(grid_mod.EXECUTORS)}")
+    if executor == "ray" and not address:
+        raise BenchError("--executor ray needs --address (e.g. 127.0.0.1:6379 or auto)")
+    if status:
+        console.print(_grid_table(grid_mod.grid_status(runs, root)))
+        return
+    from rich.live import Live
+
+    states = {r.run_id: row for r, row in zip(runs, grid_mod.grid_status(runs, root))}
+    failures = []
+
+    def on_event(kind, run, info):
+        row = states[run.run_id]
+        if kind == "skip":
+            row["state"] = "complete" if info["reason"] == "complete" else "running elsewhere"
+        elif kind == "start":
+            row.update(state="running", started=time.time())
+        elif kind == "progress":
+            row.update(iteration=info.get("iteration"), env_steps=info.get("env_steps"),
+                       n_iterations=info.get("n_iterations"))
+        elif kind == "done":
+            row["state"] = "complete"
+        elif kind == "fail":
+            row["state"] = f"failed (exit {info['exit_code']})"
+            failures.append((run, info))
+        live.update(_grid_table(list(states.values())))
+
+    with Live(_grid_table(list(states.values())), console=err_console, refresh_per_second=2) as live:
+        result = grid_mod.run_grid(runs, root, workers=workers or 1, executor=executor, ray_address=address,
+                                   ray_resources={"num_cpus": num_cpus, "num_gpus": num_gpus}, on_event=on_event)
+    for run, info in failures:
+        err_console.print(f"[red]failed:[/red] {run.run_id} (exit {info['exit_code']}), log {info['log']}:\n{info.get('tail', '')}",
+                          highlight=False)
+    console.print(f"grid: {result['total']} runs, {result['skipped_complete']} already complete, "
+                  f"{result['completed']} completed, {result['failed']} failed, "
+                  f"{result['running_elsewhere']} running elsewhere, {result['wall_s']:.0f} s")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+def _grid_table(rows: list[dict]):
+    table = Table("run", "state", "iteration", "env steps", "elapsed", "ETA")
+    for row in rows:
+        it, n = row.get("iteration"), row.get("n_iterations")
+        elapsed = time.time() - row["started"] if row.get("started") else None
+        eta = "-"
+        if elapsed and it and n and row.get("state") == "running":
+            eta = f"{elapsed / it * (n - it):.0f} s"
+        table.add_row(row["run_id"], str(row.get("state", "")), f"{it or 0}/{n or '?'}",
+                      f"{row.get('env_steps') or 0:,}", f"{elapsed:.0f} s" if elapsed else "-", eta)
+    return table
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _records(root: Path, tasks: Optional[str], algos: Optional[str]):
+    """Complete runs under ROOT; filters must name tasks/algorithms that have runs there."""
+    from bench.results import scan_runs
+
+    if not (root / "runs").is_dir():
+        raise BenchError(f"no results under {root} (expected {root / 'runs'}); run `bench run` or `bench grid` first")
+    records, warnings = scan_runs(root)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if not records:
+        raise BenchError(f"no complete runs under {root / 'runs'}")
+    for kind, wanted, have in (("task", _split(tasks), {r.task for r in records}),
+                               ("algorithm", _split(algos), {r.algo for r in records})):
+        unknown = sorted(set(wanted or []) - have)
+        if unknown:
+            raise BenchError(f"no complete runs for {kind} {', '.join(unknown)} under {root}; "
+                             f"{kind}s with runs: {', '.join(sorted(have))}")
+    return records, warnings
+
+
+ROOT_OPT = typer.Option(Path("results"), "--root", help="results root (holds runs/)")
+TASKS_OPT = typer.Option(None, "--tasks", help="comma-separated tasks (default: all with runs)")
+ALGOS_OPT = typer.Option(None, "--algos", help="comma-separated algorithms (default: all with runs)")
+PRESET_OPT = typer.Option(None, "--preset", help="only runs of this preset")
+LAST_OPT = typer.Option(1, "--last", help="final score = mean of the last N evaluations")
+SEEDS_OPT = typer.Option(None, "--seeds", help="seeds per cell (default: the most found; fewer is reported)")
+REPS_OPT = typer.Option(2000, "--reps", help="bootstrap repetitions")
+
+
+@app.command()
+def leaderboard(root: Path = ROOT_OPT, tasks: Optional[str] = TASKS_OPT, algos: Optional[str] = ALGOS_OPT,
+                preset: Optional[str] = PRESET_OPT, last: int = LAST_OPT, seeds: Optional[int] = SEEDS_OPT,
+                reps: int = REPS_OPT, out: Optional[Path] = typer.Option(None, "--out", help="default: ROOT")):
+    """Aggregate final scores with rliable (IQM, mean, median, optimality gap, 95% CIs, P(improvement))."""
+    from bench import leaderboard as lb
+
+    if last < 1 or reps < 1 or (seeds is not None and seeds < 1):
+        raise BenchError("--last, --reps and --seeds must be positive")
+    records, _ = _records(root, tasks, algos)
+    sm = lb.score_matrices(records, _split(tasks), _split(algos), preset, last, seeds)
+    for m in sm.messages:
+        err_console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)
+    if not sm.scores:
+        raise BenchError("no (algorithm, task) cell has complete runs after filtering")
+    df = lb.leaderboard(sm, reps=reps)
+    console.print(lb.rich_table(df))
+    csv_path, md_path = lb.write_leaderboard(df, out or root)
+    console.print(f"wrote {csv_path} and {md_path}")
+
+
+@app.command()
+def report(root: Path = ROOT_OPT, tasks: Optional[str] = TASKS_OPT, algos: Optional[str] = ALGOS_OPT,
+           preset: Optional[str] = PRESET_OPT, last: int = LAST_OPT, reps: int = REPS_OPT,
+           out: Optional[Path] = typer.Option(None, "--out", help="default: ROOT/report")):
+    """Self-contained HTML report (curves, aggregate intervals, profiles, P(improvement), leaderboard)
+    plus PNG/PDF figures."""
+    from bench.report import make_report
+
+    if last < 1 or reps < 1:
+        raise BenchError("--last and --reps must be positive")
+    records, warnings = _records(root, tasks, algos)
+    path = make_report(records, out or root / "report", _split(tasks), _split(algos), preset, last, reps,
+                       warnings=warnings)
+    console.print(f"wrote {path}")
 
 
 @app.command("bench")

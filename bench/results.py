@@ -1,0 +1,172 @@
+"""Reading the results store written by `bench run`.
+
+Layout: `<root>/runs/<task>/<algo>/seed<k>/` with `summary.json` (present only when the run is
+complete), `config.json`, `eval.csv` and `metrics.csv`.
+
+Scores
+------
+Every evaluation row gets one scalar *score* on a common scale where higher is better:
+
+* Gym tasks (suite ``"gym"``, metric ``"return"``): the D4RL-normalised score divided by 100, i.e.
+  ``score_mean / 100`` from ``eval.csv`` (0 = random policy, 1.0 = D4RL expert).
+* robomimic / furniture tasks (metric ``"success_rate"``): the success rate in [0, 1].
+* Any other task with metric ``"return"`` uses ``score_mean / 100`` when the column holds finite
+  numbers and the raw ``return_mean`` otherwise.
+
+The *final* score of a run is the mean score of its last ``last_n`` evaluations (default ``last_n=1``:
+the final evaluation alone; a larger ``last_n`` smooths evaluation noise). The *pre-trained* score is
+the score of the iteration-0 evaluation (the policy before fine-tuning); it is NaN if the run has no
+iteration-0 evaluation.
+
+`scan_runs` never raises on a bad run directory: incomplete runs (no ``summary.json``) are skipped and
+counted, corrupt runs (unparseable JSON/CSV, missing or empty ``eval.csv``, missing columns) are
+skipped with a warning, and files or directories that do not fit the layout are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_SEED_RE = re.compile(r"^seed(\d+)$")
+_REQUIRED_EVAL_COLUMNS = ("iteration", "env_steps")
+
+
+@dataclass
+class RunRecord:
+    """One complete run: identity, settings and its evaluation curve (one row per evaluation)."""
+
+    task: str
+    algo: str
+    seed: int
+    preset: str
+    suite: str
+    metric: str
+    eval: pd.DataFrame
+    path: Path | None = None
+    summary: dict = field(default_factory=dict, repr=False)
+
+    def scores(self) -> np.ndarray:
+        """Score of every evaluation row (see the module docstring), in row order."""
+        return eval_scores(self.eval, self.metric)
+
+    def final_score(self, last_n: int = 1) -> float:
+        """Mean score of the last `last_n` evaluations (`last_n=1`: the final evaluation)."""
+        if last_n < 1:
+            raise ValueError(f"last_n must be >= 1, got {last_n}")
+        s = self.scores()
+        if len(s) == 0:
+            return float("nan")
+        return float(np.mean(s[-last_n:]))
+
+    def pretrained_score(self) -> float:
+        """Score of the iteration-0 evaluation (the pre-trained policy); NaN if there is none."""
+        it = self.eval["iteration"].to_numpy()
+        s = self.scores()
+        idx = np.flatnonzero(it == 0)
+        return float(s[idx[0]]) if len(idx) else float("nan")
+
+
+@dataclass
+class ScanResult:
+    records: list[RunRecord]
+    warnings: list[str]
+    n_incomplete: int = 0
+
+
+def eval_scores(df: pd.DataFrame, metric: str) -> np.ndarray:
+    """Per-row score of an eval table: success rate for metric "success_rate", else score_mean/100."""
+    if metric == "success_rate":
+        return df["success_rate"].to_numpy(dtype=float)
+    if "score_mean" in df.columns:
+        s = pd.to_numeric(df["score_mean"], errors="coerce").to_numpy(dtype=float)
+        if len(s) and np.all(np.isfinite(s)):
+            return s / 100.0
+    return df["return_mean"].to_numpy(dtype=float)
+
+
+def _load_run(d: Path, task: str, algo: str, seed: int) -> RunRecord:
+    summary = json.loads((d / "summary.json").read_text())
+    if not isinstance(summary, dict):
+        raise TypeError("summary.json is not a JSON object")
+    cfg: dict = {}
+    cfg_path = d / "config.json"
+    if cfg_path.exists():
+        raw = json.loads(cfg_path.read_text())
+        if not isinstance(raw, dict):
+            raise TypeError("config.json is not a JSON object")
+        cfg = raw.get("config", {}) or {}
+    eval_path = d / "eval.csv"
+    if not eval_path.exists():
+        raise ValueError("eval.csv is missing")
+    df = pd.read_csv(eval_path)
+    if len(df) == 0:
+        raise ValueError("eval.csv has no rows")
+    missing = [c for c in _REQUIRED_EVAL_COLUMNS if c not in df.columns]
+    metric = str(summary.get("metric") or cfg.get("metric") or "return")
+    needed = ["success_rate"] if metric == "success_rate" else []
+    if metric != "success_rate" and "score_mean" not in df.columns:
+        needed.append("return_mean")
+    missing += [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"eval.csv lacks column(s) {', '.join(missing)}")
+    df = df.sort_values("iteration", kind="stable").reset_index(drop=True)
+    scores = eval_scores(df, metric)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("eval.csv has non-numeric or missing scores")
+    return RunRecord(
+        task=str(summary.get("task", task)),
+        algo=str(summary.get("algorithm", algo)),
+        seed=int(summary.get("seed", seed)),
+        preset=str(summary.get("preset", cfg.get("preset", ""))),
+        suite=str(summary.get("suite", cfg.get("suite", "")) or "unknown"),
+        metric=metric,
+        eval=df,
+        path=d,
+        summary=summary,
+    )
+
+
+def scan_runs(root, *, with_counts: bool = False):
+    """Read every complete run under `<root>/runs/`.
+
+    Returns `(records, warnings)`: the list of `RunRecord` sorted by (task, algo, seed) and a list of
+    human-readable warning strings (one per corrupt run directory, plus one line counting the
+    incomplete runs that were skipped, if any). With `with_counts=True` returns a `ScanResult` instead
+    (same content, plus `n_incomplete`). Never raises on bad run directories; a missing root gives no
+    records and a warning.
+    """
+    root = Path(root)
+    records: list[RunRecord] = []
+    warnings: list[str] = []
+    n_incomplete = 0
+    runs = root / "runs"
+    if not runs.is_dir():
+        warnings.append(f"no results store at {runs}")
+    else:
+        for task_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for algo_dir in sorted(p for p in task_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                for seed_dir in sorted(algo_dir.iterdir()):
+                    m = _SEED_RE.match(seed_dir.name)
+                    if not m or not seed_dir.is_dir():
+                        continue
+                    if not (seed_dir / "summary.json").exists():
+                        n_incomplete += 1
+                        continue
+                    try:
+                        records.append(_load_run(seed_dir, task_dir.name, algo_dir.name, int(m.group(1))))
+                    except Exception as e:  # noqa: BLE001 - a corrupt run must never crash the scan
+                        rel = seed_dir.relative_to(root) if seed_dir.is_relative_to(root) else seed_dir
+                        warnings.append(f"skipped corrupt run {rel}: {type(e).__name__}: {e}")
+    if n_incomplete:
+        warnings.append(f"skipped {n_incomplete} incomplete run(s) (no summary.json)")
+    records.sort(key=lambda r: (r.task, r.algo, r.seed))
+    if with_counts:
+        return ScanResult(records, warnings, n_incomplete)
+    return records, warnings
+
