@@ -52,6 +52,7 @@ except ModuleNotFoundError:  # Python 3.10
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bench.config import flatten
 from bench.errors import BenchError
 from bench.store import run_dir as _store_run_dir
 
@@ -227,7 +228,7 @@ def load_grid_file(path: Path | str) -> dict:
     if not isinstance(sets, dict):
         raise BenchError(f"'set' in grid file {path} must be a table of config overrides, e.g. "
                          f"set = {{ \"train.n_iterations\" = 50 }}")
-    overrides = _flatten_table(sets)
+    overrides = flatten(sets)
     workers = data.get("workers")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise BenchError(f"bad workers {workers!r} in grid file {path}; expected a positive integer")
@@ -238,16 +239,6 @@ def load_grid_file(path: Path | str) -> dict:
     runs = expand_grid(data["algos"], data["tasks"], data["seeds"], preset, overrides)
     return {"runs": runs, "algos": data["algos"], "tasks": data["tasks"], "seeds": data["seeds"],
             "preset": preset, "overrides": overrides, "workers": workers, "executor": executor}
-
-
-def _flatten_table(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten_table(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # --------------------------------------------------------------------------------------------- status

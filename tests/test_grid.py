@@ -21,18 +21,6 @@ from bench.grid import (GridRun, expand_grid, grid_status, load_grid_file, parse
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def grid_cache(tmp_path_factory):
-    """One dataset/pre-training cache for the module; child processes inherit os.environ."""
-    old = os.environ.get("DPPO_BENCH_CACHE")
-    os.environ["DPPO_BENCH_CACHE"] = str(tmp_path_factory.mktemp("grid_cache"))
-    yield Path(os.environ["DPPO_BENCH_CACHE"])
-    if old is None:
-        os.environ.pop("DPPO_BENCH_CACHE", None)
-    else:
-        os.environ["DPPO_BENCH_CACHE"] = old
-
-
 class Events:
     def __init__(self):
         self.items = []
