@@ -261,8 +261,15 @@ def test_ray_unreachable_fails_fast(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_ray_executor(tmp_path_factory):
+def test_ray_executor(tmp_path_factory, monkeypatch):
     pytest.importorskip("ray")
+    import ray._private.ray_constants as ray_constants
+
+    # Keep the whole cluster on loopback: otherwise Ray swaps 127.0.0.1 for the machine's own network
+    # address (its multi-node mode). `ray start` and the workers read the variable from the environment;
+    # this process imported ray already, so its constant is set directly.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     base = tmp_path_factory.mktemp("rg")
     root, temp = base / "res", base / "ray"
@@ -270,13 +277,13 @@ def test_ray_executor(tmp_path_factory):
     env = dict(os.environ, RAY_TMPDIR=str(temp))
     # `ray start` in a new session: the head's daemons stay in its process group, so the test stops
     # exactly the processes it started (killpg) instead of `ray stop`, which kills every Ray on the machine.
+    head_log = open(base / "ray_start.log", "w")  # a file, not a pipe: Ray's daemons inherit it
     head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                              f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false",
                              "--disable-usage-stats"], env=env, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=head_log, stderr=subprocess.STDOUT)
     try:
-        _, err = head.communicate(timeout=180)
-        assert head.returncode == 0, err[-2000:]
+        assert head.wait(timeout=180) == 0, (base / "ray_start.log").read_text()[-2000:]
         runs = expand_grid(["dppo"], ["hopper"], "0", "smoke", {})
         ev = Events()
         s = run_grid(runs, root, workers=2, executor="ray", ray_address=f"127.0.0.1:{port}",
@@ -297,3 +304,4 @@ def test_ray_executor(tmp_path_factory):
                 break
             time.sleep(3)
         head.wait()
+        head_log.close()
