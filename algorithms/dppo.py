@@ -217,8 +217,9 @@ class DPPO(Algorithm):
                     v_loss = 0.5 * torch.maximum((v - returns[b]) ** 2, (v_clipped - returns[b]) ** 2).mean()
                 else:
                     v_loss = 0.5 * ((v - returns[b]) ** 2).mean()
-                loss = pg_loss + cfg.vf_coef * v_loss
-                if cfg.bc_coef > 0:
+                # during critic warm-up the actor is not stepped: skip its backward pass too
+                loss = (pg_loss if update_actor else pg_loss.detach()) + cfg.vf_coef * v_loss
+                if cfg.bc_coef > 0 and update_actor:
                     bc_loss = self._bc_loss(obs_b)
                     loss = loss + cfg.bc_coef * bc_loss
                     stats["bc_loss"].append(bc_loss.item())
