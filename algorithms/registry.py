@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 from bench.errors import BenchError
 
 ENTRY_POINT_GROUP = "dppo_bench.algorithms"
-_BUILTIN_MODULES = {"dppo": "algorithms.dppo"}
+_BUILTIN_MODULES = {name: f"algorithms.{name}" for name in (
+    "dppo", "drwr", "dawr", "dipo", "idql", "dql", "qsm", "gaussian_ppo", "gmm_ppo")}
 _REGISTRY: dict[str, type] = {}
 
 

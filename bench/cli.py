@@ -137,7 +137,8 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
 
         torch.set_num_threads(cfg.torch_threads)
     spec = get_task(task)
-    ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print)
+    ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print,
+                      data=cfg.data)
     path = pretrain_diffusion(task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps or spec.horizon_steps,
                               cfg.pretrain, str(resolve_device(cfg.device)), _pretrain_progress(), force)
     _, _, meta = load_pretrained(path)

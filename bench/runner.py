@@ -94,7 +94,7 @@ def prepare_policy(cfg: RunConfig, log=print, progress=None):
 
     task = get_task(cfg.task)
     tp = cfg.env.horizon_steps or task.horizon_steps
-    ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log)
+    ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log, data=cfg.data)
     device = resolve_device(cfg.device)
     path = pretrain_diffusion(cfg.task, task.obs_dim, task.act_dim, ds, tp, cfg.pretrain, str(device), progress)
     policy, norm, meta = load_pretrained(path, str(device))

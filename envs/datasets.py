@@ -214,12 +214,19 @@ def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_en
 
 
 def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, make_missing: bool = True,
-                 log=print) -> TransitionDataset:
-    """Resolve a DataConfig source to a checked dataset for `task_name`."""
+                 log=print, data=None) -> TransitionDataset:
+    """Resolve a DataConfig source to a checked dataset for `task_name`.
+
+    `data` (the run's DataConfig) is passed to a task's own `builtin_dataset` hook; without it one is
+    built from (source, n_transitions, seed)."""
+    from bench.config import DataConfig
     from envs.tasks import get_task
 
     task = get_task(task_name)
-    if source == "builtin":
+    if source == "builtin" and task.builtin_dataset is not None:
+        data = data or DataConfig(source=source, n_transitions=n_transitions, seed=seed)
+        ds = task.builtin_dataset(task_name, data, make_missing, log)
+    elif source == "builtin":
         path = builtin_dataset_path(task_name, n_transitions, seed)
         if not path.exists():
             if not make_missing:

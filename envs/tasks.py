@@ -27,6 +27,9 @@ class TaskSpec:
     ref_expert_return: float | None = None
     metric: str = "return"  # headline metric: "return" (Gym) or "success_rate"
     make_env: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # (task_name, data: DataConfig, make_missing: bool, log) -> TransitionDataset for data.source ==
+    # "builtin"; None: roll out the shipped behaviour policy (Gym tasks).
+    builtin_dataset: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     description: str = ""
 
     def normalized_score(self, episode_return: float) -> float | None:
@@ -38,6 +41,7 @@ class TaskSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("make_env")
+        d.pop("builtin_dataset")
         return d
 
 
