@@ -83,6 +83,9 @@ class DPPO(Algorithm):
         "robomimic": {"algo.gamma": 0.999, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 2,
                       "algo.actor_lr": 1e-4, "algo.actor_lr_min": 1e-4, "algo.update_epochs": 10,
                       "algo.batch_size": 7500},
+        # point_reach learning check: larger steps than the paper's, to learn in seconds
+        "test": {"algo.clip": 0.1, "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3, "algo.lr_warmup_itr": 0,
+                 "algo.batch_size": 500, "algo.update_epochs": 10},
     }
     presets = {
         "smoke": {"gym": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.ft_denoising_steps": 5,

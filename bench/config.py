@@ -110,18 +110,27 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
             "pretrain.batch_size": 128},
     "robomimic": {"pretrain.activation": "Mish", "pretrain.lr": 1e-4, "pretrain.lr_min": 1e-5,
                   "pretrain.batch_size": 256},
-    "test": {},
+    "test": {"pretrain.activation": "Mish", "pretrain.lr": 1e-3, "pretrain.lr_min": 1e-4},
 }
 
 # Harness-level presets per suite; algorithms add their own keys for the same preset names.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
+        "test": {"env.n_envs": 2, "train.n_iterations": 2, "train.n_steps": 5, "train.checkpoint_every": 1,
+                 "eval.every": 1, "eval.n_episodes": 2, "eval.n_envs": 2, "data.n_transitions": 1_000,
+                 "pretrain.hidden_dims": (32, 32, 32), "pretrain.n_updates": 50, "pretrain.batch_size": 64,
+                 "pretrain.ema_start": 10, "pretrain.denoising_steps": 10},
         "gym": {"env.n_envs": 2, "train.n_iterations": 2, "train.n_steps": 8, "train.checkpoint_every": 1,
                 "eval.every": 1, "eval.n_episodes": 2, "eval.n_envs": 2, "env.max_episode_steps": 40,
                 "data.n_transitions": 3_000, "pretrain.hidden_dims": (32, 32, 32), "pretrain.n_updates": 50,
                 "pretrain.batch_size": 64, "pretrain.ema_start": 10, "pretrain.denoising_steps": 10},
     },
     "small": {
+        # point_reach: seconds on a CPU, enough for every algorithm to show learning
+        "test": {"env.n_envs": 10, "train.n_iterations": 15, "train.n_steps": 10, "train.checkpoint_every": 5,
+                 "eval.every": 5, "eval.n_episodes": 50, "eval.n_envs": 25, "data.n_transitions": 10_000,
+                 "pretrain.hidden_dims": (64, 64, 64), "pretrain.n_updates": 2_000, "pretrain.batch_size": 256,
+                 "pretrain.ema_start": 200, "pretrain.denoising_steps": 10},
         "gym": {"env.n_envs": 10, "train.n_iterations": 60, "train.n_steps": 125, "eval.every": 10,
                 "eval.n_episodes": 10, "eval.n_envs": 10, "data.n_transitions": 200_000,
                 "pretrain.hidden_dims": (256, 256, 256), "pretrain.n_updates": 20_000,

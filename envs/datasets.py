@@ -121,6 +121,18 @@ def load_d4rl_hdf5(path: str | Path) -> TransitionDataset:
     )
 
 
+def load_checked_d4rl_hdf5(path: Path, task_name: str) -> TransitionDataset:
+    """A built-in dataset, verified against the checksum in its `.json` sidecar."""
+    ds = load_d4rl_hdf5(path)
+    meta_path = path.with_suffix(".json")
+    if meta_path.exists():
+        expected = json.loads(meta_path.read_text()).get("checksum")
+        if expected and expected != ds.checksum:
+            raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
+                             f"`bench data make {task_name} --force`")
+    return ds
+
+
 def load_minari(dataset_id: str, download: bool = True) -> TransitionDataset:
     """Load a Minari dataset (downloaded on first use when minari and the network are available)."""
     try:
@@ -232,13 +244,7 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
             if not make_missing:
                 raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
             make_builtin_dataset(task_name, n_transitions, seed, log=log)
-        ds = load_d4rl_hdf5(path)
-        meta_path = path.with_suffix(".json")
-        if meta_path.exists():
-            expected = json.loads(meta_path.read_text()).get("checksum")
-            if expected and expected != ds.checksum:
-                raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
-                                 f"`bench data make {task_name} --force`")
+        ds = load_checked_d4rl_hdf5(path, task_name)
     elif source.startswith("minari:"):
         ds = load_minari(source.removeprefix("minari:"))
     elif source.endswith((".hdf5", ".h5")):

@@ -1,0 +1,142 @@
+"""`point_reach`: a tiny task for checking in seconds that an algorithm learns (suite "test").
+
+A point in the square [-1, 1]^2 must reach a goal: observation (x, y, goal_x, goal_y), action a velocity
+in [-1, 1]^2 (the point moves 0.1 * a per step, clipped to the square), reward -||position - goal|| after
+each step, 20 steps per episode (truncation, no termination), success = within 0.1 of the goal at some
+step. The built-in demonstrations come from operators who each move at their own speed (0.15 to 0.8 of
+the maximum) with noise, so a policy cloned from them reaches the goal, but slowly; moving at full speed
+is what fine-tuning has to find. The normalised score uses a uniformly random policy (0) and the
+full-speed expert (100) as references, measured over 100k seeded episodes (`reference_returns`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import gymnasium as gym
+import numpy as np
+
+from bench.errors import BenchError
+from envs.tasks import TaskSpec, register_task
+
+STEP_SIZE = 0.1
+EPISODE_STEPS = 20
+SUCCESS_RADIUS = 0.1
+DATA_VERSION = 1
+
+
+def step_positions(pos: np.ndarray, goal: np.ndarray, action: np.ndarray):
+    """Batched dynamics: (new positions, rewards, success flags)."""
+    pos = np.clip(pos + STEP_SIZE * np.clip(action, -1.0, 1.0), -1.0, 1.0)
+    dist = np.linalg.norm(pos - goal, axis=-1)
+    return pos, -dist, dist < SUCCESS_RADIUS
+
+
+def expert_action(pos: np.ndarray, goal: np.ndarray, speed: np.ndarray | float = 1.0) -> np.ndarray:
+    """Move straight at the goal at `speed` (a fraction of the maximum), slowing down on arrival."""
+    delta = goal - pos
+    dist = np.linalg.norm(delta, axis=-1, keepdims=True)
+    want = delta / STEP_SIZE  # the action that lands exactly on the goal
+    norm = np.maximum(dist / STEP_SIZE, 1e-9)
+    return want * np.minimum(1.0, np.asarray(speed).reshape(-1, 1) / norm)
+
+
+class PointReachEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, max_episode_steps: int = EPISODE_STEPS):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.max_episode_steps = max_episode_steps
+
+    def _obs(self):
+        return np.concatenate([self.pos, self.goal]).astype(np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.goal = self.np_random.uniform(-1, 1, (2, 2))
+        self.t = 0
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        pos, reward, success = step_positions(self.pos[None], self.goal[None], np.asarray(action)[None])
+        self.pos, self.t = pos[0], self.t + 1
+        return self._obs(), float(reward[0]), False, self.t >= self.max_episode_steps, {"success": bool(success[0])}
+
+
+def make_point_reach_env(env_id: str, max_episode_steps: int) -> gym.Env:
+    return PointReachEnv(max_episode_steps)
+
+
+def rollout_returns(policy, n_episodes: int, seed: int) -> np.ndarray:
+    """Returns of `policy(pos, goal, rng) -> action` over seeded episodes, all episodes batched."""
+    rng = np.random.default_rng(seed)
+    pos, goal = rng.uniform(-1, 1, (2, n_episodes, 2))
+    total = np.zeros(n_episodes)
+    for _ in range(EPISODE_STEPS):
+        pos, reward, _ = step_positions(pos, goal, policy(pos, goal, rng))
+        total += reward
+    return total
+
+
+def reference_returns(n_episodes: int = 100_000, seed: int = 0) -> tuple[float, float]:
+    """(random, expert) mean returns; the constants below were computed with this function."""
+    rand = rollout_returns(lambda p, g, rng: rng.uniform(-1, 1, p.shape), n_episodes, seed).mean()
+    expert = rollout_returns(lambda p, g, rng: expert_action(p, g), n_episodes, seed).mean()
+    return float(rand), float(expert)
+
+
+REF_RANDOM_RETURN = -20.9276
+REF_EXPERT_RETURN = -6.1385
+
+
+def make_demonstrations(n_transitions: int, seed: int):
+    """Episodes from operators of random speed U(0.15, 0.8) with action noise N(0, 0.2); all batched."""
+    n_episodes = -(-n_transitions // EPISODE_STEPS)
+    rng = np.random.default_rng(seed)
+    pos, goal = rng.uniform(-1, 1, (2, n_episodes, 2))
+    speed = rng.uniform(0.15, 0.8, n_episodes)
+    obs, act, rew = [], [], []
+    for _ in range(EPISODE_STEPS):
+        a = np.clip(expert_action(pos, goal, speed) + rng.normal(0, 0.2, pos.shape), -1, 1)
+        obs.append(np.concatenate([pos, goal], 1))
+        act.append(a)
+        pos, r, _ = step_positions(pos, goal, a)
+        rew.append(r)
+    # (T, E, ...) -> episode-major (E * T, ...)
+    flat = [np.swapaxes(np.stack(x), 0, 1).reshape(n_episodes * EPISODE_STEPS, -1) for x in (obs, act, rew)]
+    timeouts = np.zeros(n_episodes * EPISODE_STEPS, bool)
+    timeouts[EPISODE_STEPS - 1:: EPISODE_STEPS] = True
+    return flat[0].astype(np.float32), flat[1].astype(np.float32), flat[2][:, 0].astype(np.float32), timeouts
+
+
+def builtin_point_reach_dataset(task_name: str, data, make_missing: bool, log):
+    from bench.store import atomic_write_json
+    from envs.datasets import TransitionDataset, cache_root, load_checked_d4rl_hdf5, write_d4rl_hdf5
+
+    if data.n_transitions < EPISODE_STEPS:
+        raise BenchError(f"data.n_transitions must be at least {EPISODE_STEPS} for {task_name}")
+    tag = hashlib.sha256(json.dumps([DATA_VERSION, STEP_SIZE, EPISODE_STEPS]).encode()).hexdigest()[:8]
+    path = cache_root() / "data" / task_name / f"demos-{data.n_transitions}-seed{data.seed}-{tag}.hdf5"
+    if not path.exists():
+        if not make_missing:
+            raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
+        obs, act, rew, timeouts = make_demonstrations(data.n_transitions, data.seed)
+        ds = TransitionDataset(obs, act, rew, np.zeros(len(obs), bool), timeouts, source=str(path))
+        returns = ds.episode_returns()
+        attrs = {"task": task_name, "seed": data.seed, "n_episodes": int(len(returns)),
+                 "mean_return": float(returns.mean())}
+        write_d4rl_hdf5(path, ds, attrs=attrs)
+        atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum))
+        log(f"wrote {path}: {len(obs)} transitions, {len(returns)} episodes, mean return {returns.mean():.2f}")
+    return load_checked_d4rl_hdf5(path, task_name)
+
+
+register_task(TaskSpec(
+    name="point_reach", suite="test", env_id="PointReach", obs_dim=4, act_dim=2,
+    max_episode_steps=EPISODE_STEPS, horizon_steps=4, act_steps=4,
+    ref_random_return=REF_RANDOM_RETURN, ref_expert_return=REF_EXPERT_RETURN, metric="return",
+    make_env=make_point_reach_env, builtin_dataset=builtin_point_reach_dataset,
+    description="2-D point reaching a goal, slow demonstrators; for quick learning checks (seconds)",
+))
