@@ -125,12 +125,16 @@ class DiffusionPolicy(nn.Module):
     def act_dim(self) -> int:
         return self.network.act_dim
 
-    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None):
-        """Denoising MSE: || eps - eps_theta(sqrt(a_t) x0 + sqrt(1-a_t) eps, t, s) ||^2, t ~ U{0..K-1}."""
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
+             reduction: str = "mean"):
+        """Denoising MSE: || eps - eps_theta(sqrt(a_t) x0 + sqrt(1-a_t) eps, t, s) ||^2, t ~ U{0..K-1}.
+        `reduction="none"` gives one value per sample (the mean over its chunk), for weighted regression."""
         b = x0.shape[0]
         t = torch.randint(0, self.n_steps, (b,), generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         xt = self.sqrt_ac[t].view(b, 1, 1) * x0 + self.sqrt_one_minus_ac[t].view(b, 1, 1) * eps
+        if reduction == "none":
+            return F.mse_loss(self.network(xt, t, obs), eps, reduction="none").mean(dim=(1, 2))
         return F.mse_loss(self.network(xt, t, obs), eps)
 
     @torch.no_grad()

@@ -23,8 +23,8 @@ import torch
 from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
 from algorithms.diffusion import ChainPlan, DenoisingChain, DiffusionPolicy, clipped_randn, eval_std
 from algorithms.networks import ValueCritic
-from algorithms.ppo import (RunningRewardScaler, clipped_surrogate, denoising_clip_schedule, gae,
-                            warmup_cosine_lr)
+from algorithms.ppo import (RunningRewardScaler, clipped_surrogate, denoising_clip_schedule, minibatches,
+                            ppo_step, rollout_advantages, set_warmup_cosine_lrs, update_summary, value_loss)
 from algorithms.registry import register_algorithm
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -83,15 +83,23 @@ class DPPO(Algorithm):
         "robomimic": {"algo.gamma": 0.999, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 2,
                       "algo.actor_lr": 1e-4, "algo.actor_lr_min": 1e-4, "algo.update_epochs": 10,
                       "algo.batch_size": 7500},
-        # point_reach learning check: larger steps than the paper's, to learn in seconds
-        "test": {"algo.clip": 0.1, "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3, "algo.lr_warmup_itr": 0,
+        # tiny test tasks (learning checks): larger steps than the paper's, to learn in seconds
+        "test": {"algo.clip": 0.2, "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3, "algo.lr_warmup_itr": 0,
                  "algo.batch_size": 500, "algo.update_epochs": 10},
     }
     presets = {
         "smoke": {"gym": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.ft_denoising_steps": 5,
-                          "algo.lr_warmup_itr": 0}},
-        "small": {"gym": {"algo.batch_size": 2500, "algo.update_epochs": 5, "algo.lr_warmup_itr": 2}},
-        "paper": {"gym": {"algo.batch_size": 50_000, "algo.update_epochs": 5}},
+                          "algo.lr_warmup_itr": 0},
+                  "robomimic": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.ft_denoising_steps": 5,
+                                "algo.lr_warmup_itr": 0, "algo.n_critic_warmup_itr": 1}},
+        "small": {"gym": {"algo.batch_size": 2500, "algo.update_epochs": 5, "algo.lr_warmup_itr": 2},
+                  "robomimic": {"algo.batch_size": 2500, "algo.update_epochs": 10, "algo.lr_warmup_itr": 2},
+                  "test": {"train.n_steps": 20}},
+        # robomimic: method.md section 4; Transport's sampling-std floor 0.08 as in DPPO's transport config
+        "paper": {"gym": {"algo.batch_size": 50_000, "algo.update_epochs": 5},
+                  "robomimic": {"algo.batch_size": 7500, "algo.update_epochs": 10},
+                  "square": {"algo.batch_size": 10_000},
+                  "transport": {"algo.batch_size": 10_000, "algo.update_epochs": 5, "algo.min_sampling_std": 0.08}},
     }
 
     def __init__(self, cfg: DPPOConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
@@ -162,98 +170,63 @@ class DPPO(Algorithm):
     # Update
 
     def _set_lrs(self, iteration: int) -> None:
-        cfg, n = self.cfg, self.ctx.n_iterations
-        for opt, lr, lr_min in ((self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                                (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)):
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine_lr(iteration, lr, lr_min, cfg.lr_warmup_itr, n)
-
-    def _advantages(self, ro: Rollout):
         cfg = self.cfg
-        T, N = ro.rewards.shape
-        dones = ro.terminated | ro.truncated
-        rewards = ro.rewards.cpu().numpy()
-        if cfg.reward_scale_running:
-            rewards = self.reward_scaler(rewards, dones.cpu().numpy())
-        rewards = torch.as_tensor(rewards, dtype=torch.float32, device=ro.obs.device)
-        with torch.no_grad():
-            values = self.critic(ro.obs.flatten(0, 1)).view(T, N)
-            next_values = torch.cat([values[1:], self.critic(ro.next_obs)[None]], 0)
-            if ro.truncated.any():  # bootstrap from the true final observation, only where needed
-                next_values[ro.truncated] = self.critic(ro.final_obs[ro.truncated])
-            next_values = next_values.masked_fill(ro.terminated, 0.0)
-        adv = gae(rewards, values, next_values, dones, cfg.gamma, cfg.gae_lambda)
-        return adv, adv + values, values
+        set_warmup_cosine_lrs(iteration, self.ctx.n_iterations, cfg.lr_warmup_itr,
+                              [(self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
+                               (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)])
+
+    def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(advantages, value targets, values), each (T, N): GAE with the critic (a hook for variants)."""
+        scaler = self.reward_scaler if self.cfg.reward_scale_running else None
+        return rollout_advantages(ro, self.critic, scaler, self.cfg.gamma, self.cfg.gae_lambda)
 
     def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
         cfg, dev = self.cfg, ro.obs.device
         self._set_lrs(iteration)
-        adv, returns, values = (x.flatten(0, 1) for x in self._advantages(ro))
+        adv, returns, values = (x.flatten(0, 1) for x in self.advantages(ro))
         obs = ro.obs.flatten(0, 1)
         chains = ro.extras["chains"].flatten(0, 1)  # (B, K'+1, Tp, Da)
         old_logp = ro.extras["logprobs"].flatten(0, 1)  # (B, K')
         n_pairs = obs.shape[0] * self.n_ft
-        mb = min(cfg.batch_size, n_pairs)
         update_actor = iteration >= cfg.n_critic_warmup_itr
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "v_loss", "bc_loss", "approx_kl", "clipfrac", "ratio")}
         stop = False
-        for _ in range(cfg.update_epochs):
-            perm = torch.randperm(n_pairs, device=dev)
-            for start in range(0, n_pairs - mb + 1, mb):
-                idx = perm[start: start + mb]
-                b, k = idx // self.n_ft, idx % self.n_ft
-                pos = k + self.first_ft
-                x_k, x_next, obs_b = chains[b, k], chains[b, k + 1], obs[b]
-                mean = self.chain.mean(pos, x_k, self.actor_ft(x_k, self.chain.timesteps[pos], obs_b))
-                logp = self._step_logprob(mean, self._pos_std(pos, cfg.min_logprob_std), x_next)
-                a = adv[b]
-                if cfg.norm_adv:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                a = a * cfg.gamma_denoising ** (self.n_ft - 1 - k).float()
-                log_ratio = logp - old_logp[b, k]
-                ratio = log_ratio.exp()
-                clip_k = denoising_clip_schedule(k, self.n_ft, cfg.clip, cfg.clip_base, cfg.clip_rate)
-                pg_loss = clipped_surrogate(a, ratio, clip_k).mean()
-                v = self.critic(obs_b)
-                if cfg.clip_vloss is not None:
-                    v_clipped = values[b] + (v - values[b]).clamp(-cfg.clip_vloss, cfg.clip_vloss)
-                    v_loss = 0.5 * torch.maximum((v - returns[b]) ** 2, (v_clipped - returns[b]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((v - returns[b]) ** 2).mean()
-                # during critic warm-up the actor is not stepped: skip its backward pass too
-                loss = (pg_loss if update_actor else pg_loss.detach()) + cfg.vf_coef * v_loss
-                if cfg.bc_coef > 0 and update_actor:
-                    bc_loss = self._bc_loss(obs_b)
-                    loss = loss + cfg.bc_coef * bc_loss
-                    stats["bc_loss"].append(bc_loss.item())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"DPPO loss became {loss.item()} at iteration {iteration}")
-                self.actor_opt.zero_grad(set_to_none=True)
-                self.critic_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.actor_ft.parameters(), cfg.max_grad_norm)
-                self.critic_opt.step()
-                if update_actor:
-                    self.actor_opt.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
-                    stats["approx_kl"].append(approx_kl)
-                    stats["clipfrac"].append(((ratio - 1).abs() > clip_k).float().mean().item())
-                    stats["ratio"].append(ratio.mean().item())
-                stats["pg_loss"].append(pg_loss.item())
-                stats["v_loss"].append(v_loss.item())
-                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
-                    stop = True
-                    break
-            if stop:
+        for idx in minibatches(n_pairs, cfg.batch_size, cfg.update_epochs, dev):
+            b, k = idx // self.n_ft, idx % self.n_ft
+            pos = k + self.first_ft
+            x_k, x_next, obs_b = chains[b, k], chains[b, k + 1], obs[b]
+            mean = self.chain.mean(pos, x_k, self.actor_ft(x_k, self.chain.timesteps[pos], obs_b))
+            logp = self._step_logprob(mean, self._pos_std(pos, cfg.min_logprob_std), x_next)
+            a = adv[b]
+            if cfg.norm_adv:
+                a = (a - a.mean()) / (a.std() + 1e-8)
+            a = a * cfg.gamma_denoising ** (self.n_ft - 1 - k).float()
+            log_ratio = logp - old_logp[b, k]
+            ratio = log_ratio.exp()
+            clip_k = denoising_clip_schedule(k, self.n_ft, cfg.clip, cfg.clip_base, cfg.clip_rate)
+            pg_loss = clipped_surrogate(a, ratio, clip_k).mean()
+            v_loss = value_loss(self.critic(obs_b), returns[b], values[b], cfg.clip_vloss)
+            # during critic warm-up the actor is not stepped: skip its backward pass too
+            loss = (pg_loss if update_actor else pg_loss.detach()) + cfg.vf_coef * v_loss
+            if cfg.bc_coef > 0 and update_actor:
+                bc_loss = self._bc_loss(obs_b)
+                loss = loss + cfg.bc_coef * bc_loss
+                stats["bc_loss"].append(bc_loss.item())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"DPPO loss became {loss.item()} at iteration {iteration}")
+            ppo_step(loss, self.actor_opt, self.critic_opt, self.actor_ft.parameters(), cfg.max_grad_norm,
+                     update_actor)
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                stats["approx_kl"].append(approx_kl)
+                stats["clipfrac"].append(((ratio - 1).abs() > clip_k).float().mean().item())
+                stats["ratio"].append(ratio.mean().item())
+            stats["pg_loss"].append(pg_loss.item())
+            stats["v_loss"].append(v_loss.item())
+            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                stop = True
                 break
-        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
-        var_y = returns.var()
-        out.update(explained_variance=float(1 - (returns - values).var() / var_y) if var_y > 0 else float("nan"),
-                   actor_lr=self.actor_opt.param_groups[0]["lr"], critic_lr=self.critic_opt.param_groups[0]["lr"],
-                   actor_updated=float(update_actor), kl_early_stop=float(stop))
-        return out
+        return update_summary(stats, returns, values, self.actor_opt, self.critic_opt, update_actor, stop)
 
     def _bc_loss(self, obs_b: torch.Tensor) -> torch.Tensor:
         """-log-likelihood under actor_ft of chains sampled by the frozen pre-trained network."""

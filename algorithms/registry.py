@@ -59,6 +59,8 @@ def get_algorithm(name: str) -> type:
         if name not in eps:
             raise BenchError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(list_algorithms())}")
         cls = eps[name].load()
+        if "name" not in vars(cls):  # a plugin class need not use the decorator
+            cls.name = name
         _REGISTRY.setdefault(name, cls)
     if name not in _REGISTRY:
         raise BenchError(f"module for algorithm {name!r} did not register it")

@@ -122,16 +122,21 @@ def _print_summary(s: dict):
 
 @app.command()
 def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Option("dppo", "--algo"),
+             policy: Optional[str] = typer.Option(None, "--policy",
+                                                  help="diffusion | gaussian | gmm (default: what --algo starts from)"),
              preset: str = typer.Option("small", "--preset"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
              force: bool = typer.Option(False, "--force", help="retrain even if cached")):
-    """Pre-train the diffusion policy for a task (cached by task, dataset checksum and config)."""
-    from bench.pretrain import load_pretrained, pretrain_diffusion
+    """Pre-train a policy for a task (cached by policy kind, task, dataset checksum and config)."""
+    from algorithms.registry import get_algorithm
+    from bench.pretrain import check_architecture, load_pretrained, pretrain_policy
     from bench.runner import resolve_device
     from envs.datasets import load_dataset
     from envs.tasks import get_task
 
     cfg = _config(task, algo, 0, preset, set_)
+    kind = policy or get_algorithm(algo).policy_kind
+    check_architecture(kind, cfg.pretrain)
     if cfg.torch_threads:
         import torch
 
@@ -139,11 +144,11 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
     spec = get_task(task)
     ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print,
                       data=cfg.data)
-    path = pretrain_diffusion(task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps or spec.horizon_steps,
-                              cfg.pretrain, str(resolve_device(cfg.device)), _pretrain_progress(), force)
+    path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps or spec.horizon_steps,
+                           cfg.pretrain, str(resolve_device(cfg.device)), _pretrain_progress(), force)
     _, _, meta = load_pretrained(path)
-    console.print(f"pre-trained policy: {path} (final loss {meta['loss_curve'][-1]['loss']:.4f}, "
-                  f"{meta['wall_s']:.0f} s)" if meta["loss_curve"] else f"pre-trained policy: {path}")
+    console.print(f"pre-trained {kind} policy: {path} (final loss {meta['loss_curve'][-1]['loss']:.4f}, "
+                  f"{meta['wall_s']:.0f} s)" if meta["loss_curve"] else f"pre-trained {kind} policy: {path}")
 
 
 @app.command("eval")
@@ -160,13 +165,40 @@ def eval_(path: Path = typer.Argument(..., help="a run directory or a checkpoint
 
 @data_app.command("make")
 def data_make(task: str = typer.Argument(...), n_transitions: Optional[int] = typer.Option(None, "--n-transitions",
-              help="default: the preset's data.n_transitions"), preset: str = typer.Option("small", "--preset"),
+              help="Gym/test tasks; default: the preset's data.n_transitions"),
+              n_demos: Optional[int] = typer.Option(None, "--n-demos",
+                                                    help="robomimic tasks: successful demos (default: the preset's data.n_demos)"),
+              quality: Optional[str] = typer.Option(None, "--quality",
+                                                    help="robomimic tasks: ph | mh | better | okay | worse (default: the preset's)"),
+              preset: str = typer.Option("small", "--preset"),
               seed: int = typer.Option(0, "--seed"), force: bool = typer.Option(False, "--force")):
-    """Roll out the shipped behaviour policy into a D4RL-format 'medium' dataset (cached, checksummed)."""
-    from envs.datasets import load_dataset, make_builtin_dataset
+    """Make a task's built-in dataset (cached, checksummed): Gym rolls out the shipped behaviour policy into
+    a D4RL-format 'medium' dataset; robomimic rolls out scripted experts into robomimic's hdf5 layout."""
+    import inspect
 
-    cfg = _config(task, "dppo", 0, preset, [])
-    n = n_transitions or cfg.data.n_transitions
+    from envs.datasets import load_dataset, make_builtin_dataset
+    from envs.tasks import get_task
+
+    spec = get_task(task)
+    sets = [f"data.seed={seed}"] + [f"data.{k}={v}" for k, v in (("n_transitions", n_transitions),
+                                    ("n_demos", n_demos), ("demo_quality", quality)) if v is not None]
+    cfg = _config(task, "dppo", 0, preset, sets)
+    if spec.builtin_dataset is not None:
+        hook_kwargs = {}
+        if force:
+            if "force" not in inspect.signature(spec.builtin_dataset).parameters:
+                raise BenchError(f"task {task!r} cannot remake its built-in dataset with --force; delete it "
+                                 f"from the cache instead")
+            hook_kwargs["force"] = True
+        ds = spec.builtin_dataset(task, cfg.data, True, err_console.print, **hook_kwargs)
+        starts, ends = ds.episode_bounds()
+        r = ds.episode_returns()
+        console.print(f"{ds.source}\n{len(ds.observations)} transitions, {len(r)} episodes (mean length "
+                      f"{(ends - starts).mean():.0f}), return mean {r.mean():.2f}, checksum {ds.checksum[:16]}")
+        return
+    if n_demos is not None or quality is not None:
+        raise BenchError(f"--n-demos and --quality apply to robomimic tasks, not {task!r}")
+    n = cfg.data.n_transitions
     if n <= 0:
         raise BenchError(f"--n-transitions must be positive, got {n}")
     path = make_builtin_dataset(task, n, seed, force=force, log=err_console.print)

@@ -1,7 +1,8 @@
 """Typed run configuration, composed in layers and validated.
 
 A run's config is built as: dataclass defaults -> suite defaults (`SUITE_DEFAULTS`) -> the algorithm's
-suite defaults -> preset (`PRESETS` plus the algorithm's own) -> `--set key=value` overrides. Every layer
+suite defaults -> preset (`PRESETS` plus the algorithm's own; each keyed by suite, then optionally by
+task name for per-task values, e.g. Transport's larger network) -> `--set key=value` overrides. Every layer
 is a flat dict of dotted keys (`"train.n_iterations": 50`) applied by `apply_overrides`, which rejects
 unknown keys (naming the valid ones) and values of the wrong type.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,16 +37,61 @@ class EnvConfig:
 @dataclass
 class DataConfig:
     source: str = "builtin"
-    """'builtin' (made by `bench data make`), a D4RL-format .hdf5 path, or 'minari:<dataset id>'"""
+    """'builtin' (made by `bench data make`), a D4RL- or robomimic-format .hdf5 path, or 'minari:<dataset id>'"""
     n_transitions: int = 200_000
-    """size of the built-in dataset (D4RL used 1M)"""
+    """size of the built-in dataset (D4RL used 1M); Gym and test tasks"""
     seed: int = 0
     """seed of the built-in dataset's rollouts"""
+    n_demos: int = 300
+    """robomimic tasks: successful scripted-expert demos in the built-in dataset (robomimic mh has 300)"""
+    demo_quality: Literal["ph", "mh", "better", "okay", "worse"] = "mh"
+    """robomimic tasks: built-in demonstrators, 'ph' proficient, 'mh' six operators of mixed skill (as
+    DPPO's pre-training data), or only mh's 'better' / 'okay' / 'worse' operators"""
+    filter_key: str | None = None
+    """robomimic files: use only the demos of this mask (e.g. train, valid, better); None: all demos"""
+
+
+@dataclass
+class GaussianPolicyConfig:
+    """Architecture of the MLP Gaussian chunk policy (Gaussian PPO's starting point; algorithms/gaussian.py).
+    As in the original robomimic configs, the MLP is by default the diffusion policy's (same widths,
+    activation, residual blocks), so presets size both alike."""
+
+    hidden_dims: tuple[int, ...] | None = None
+    """None: pretrain.hidden_dims"""
+    activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] | None = None
+    """None: pretrain.activation"""
+    residual: bool | None = None
+    """None: pretrain.residual"""
+    std: Literal["fixed", "state"] = "fixed"
+    """'fixed': one std per action dimension, held at fixed_std during pre-training (as the original) and
+    learnable in fine-tuning; 'state': a network head outputs the std per state, in [state_std_min, state_std_max]"""
+    fixed_std: float = 0.1
+    state_std_min: float = 0.01
+    state_std_max: float = 1.0
+
+
+@dataclass
+class GMMPolicyConfig:
+    """Architecture of the MLP Gaussian-mixture chunk policy (GMM PPO's starting point; algorithms/gaussian.py);
+    the MLPs default to the diffusion policy's, as for the Gaussian policy."""
+
+    hidden_dims: tuple[int, ...] | None = None
+    """None: pretrain.hidden_dims"""
+    activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] | None = None
+    """None: pretrain.activation"""
+    residual: bool | None = None
+    """None: pretrain.residual"""
+    n_modes: int = 5
+    fixed_std: float = 0.1
+    """std of every mode during pre-training (learnable in fine-tuning)"""
 
 
 @dataclass
 class PretrainConfig:
-    """Diffusion policy architecture and its behaviour-cloning pre-training (cached by content hash)."""
+    """Policy architectures and their behaviour-cloning pre-training (cached by content hash). The fields
+    from denoising_steps to denoised_clip are the diffusion policy's; `gaussian` and `gmm` hold the other
+    policies' architectures; the optimisation fields (n_updates onwards) apply to every policy kind."""
 
     denoising_steps: int = 20
     hidden_dims: tuple[int, ...] = (512, 512, 512)
@@ -64,6 +111,8 @@ class PretrainConfig:
     ema_every: int = 5
     seed: int = 0
     """pre-training seed; independent of the run seed, so all seeds fine-tune the same policy"""
+    gaussian: GaussianPolicyConfig = field(default_factory=GaussianPolicyConfig)
+    gmm: GMMPolicyConfig = field(default_factory=GMMPolicyConfig)
 
 
 @dataclass
@@ -108,12 +157,27 @@ class RunConfig:
 SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     "gym": {"pretrain.activation": "ReLU", "pretrain.lr": 1e-3, "pretrain.lr_min": 1e-4,
             "pretrain.batch_size": 128},
+    # robosuite steps cost ~5-10 ms of Python each: worker processes (async) use every core
     "robomimic": {"pretrain.activation": "Mish", "pretrain.lr": 1e-4, "pretrain.lr_min": 1e-5,
-                  "pretrain.batch_size": 256},
+                  "pretrain.batch_size": 256, "env.vector": "async"},
     "test": {"pretrain.activation": "Mish", "pretrain.lr": 1e-3, "pretrain.lr_min": 1e-4},
 }
 
-# Harness-level presets per suite; algorithms add their own keys for the same preset names.
+def _robomimic_paper(n_steps: int, n_iterations: int, epochs: int, mean_demo_len: int, wide: bool = False) -> dict:
+    """Per-task paper values (method.md section 4; DPPO's cfg/robomimic/pretrain). Pre-training ran
+    `epochs` passes over 300 mh demos at batch 256 (fine-tuning starts from the epoch-5000 checkpoint on
+    Lift/Can, 8000 on Square/Transport); converted to updates with the mh sets' mean demo lengths
+    (Can: 62,756 transitions in DPPO's processing script; the others approximate). EMA from epoch 20."""
+    per_epoch = math.ceil(300 * mean_demo_len / 256)
+    out = {"train.n_steps": n_steps, "train.n_iterations": n_iterations, "pretrain.n_updates": epochs * per_epoch,
+           "pretrain.ema_start": 20 * per_epoch}
+    if wide:  # Square and Transport: 1024x3 denoiser, 32-dim time embedding
+        out.update({"pretrain.hidden_dims": (1024, 1024, 1024), "pretrain.time_dim": 32})
+    return out
+
+
+# Harness-level presets per suite, and per task where tasks of a suite differ (applied after the suite's
+# entry); algorithms add their own keys for the same preset names.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "test": {"env.n_envs": 2, "train.n_iterations": 2, "train.n_steps": 5, "train.checkpoint_every": 1,
@@ -124,9 +188,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "eval.every": 1, "eval.n_episodes": 2, "eval.n_envs": 2, "env.max_episode_steps": 40,
                 "data.n_transitions": 3_000, "pretrain.hidden_dims": (32, 32, 32), "pretrain.n_updates": 50,
                 "pretrain.batch_size": 64, "pretrain.ema_start": 10, "pretrain.denoising_steps": 10},
+        "robomimic": {"env.n_envs": 2, "env.vector": "sync", "train.n_iterations": 2, "train.n_steps": 8,
+                      "train.checkpoint_every": 1, "eval.every": 1, "eval.n_episodes": 2, "eval.n_envs": 2,
+                      "env.max_episode_steps": 40, "data.n_demos": 2, "data.demo_quality": "ph",
+                      "pretrain.hidden_dims": (32, 32, 32), "pretrain.n_updates": 50, "pretrain.batch_size": 64,
+                      "pretrain.ema_start": 10, "pretrain.denoising_steps": 10},
     },
     "small": {
-        # point_reach: seconds on a CPU, enough for every algorithm to show learning
+        # the tiny test tasks: seconds on a CPU, enough for every algorithm to show learning
         "test": {"env.n_envs": 10, "train.n_iterations": 15, "train.n_steps": 10, "train.checkpoint_every": 5,
                  "eval.every": 5, "eval.n_episodes": 50, "eval.n_envs": 25, "data.n_transitions": 10_000,
                  "pretrain.hidden_dims": (64, 64, 64), "pretrain.n_updates": 2_000, "pretrain.batch_size": 256,
@@ -135,12 +204,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "eval.n_episodes": 10, "eval.n_envs": 10, "data.n_transitions": 200_000,
                 "pretrain.hidden_dims": (256, 256, 256), "pretrain.n_updates": 20_000,
                 "pretrain.batch_size": 256},
+        # CPU-sized (2 cores): one Lift episode per env per iteration, 3000 env steps
+        "robomimic": {"env.n_envs": 10, "train.n_iterations": 40, "train.n_steps": 75, "eval.every": 10,
+                      "eval.n_episodes": 20, "eval.n_envs": 10, "data.n_demos": 100,
+                      "pretrain.hidden_dims": (256, 256, 256), "pretrain.n_updates": 5_000,
+                      "pretrain.ema_start": 500},
     },
     "paper": {
         "gym": {"env.n_envs": 40, "train.n_iterations": 1000, "train.n_steps": 500, "eval.every": 10,
                 "eval.n_episodes": 40, "eval.n_envs": 40, "data.n_transitions": 1_000_000,
                 "pretrain.hidden_dims": (512, 512, 512), "pretrain.n_updates": 3000 * 1_000_000 // 128,
                 "pretrain.batch_size": 128, "pretrain.ema_start": 10 * 1_000_000 // 128},
+        "robomimic": {"env.n_envs": 50, "eval.every": 10, "eval.n_episodes": 50, "eval.n_envs": 50,
+                      "data.n_demos": 300, "data.demo_quality": "mh", "pretrain.hidden_dims": (512, 512, 512),
+                      "pretrain.time_dim": 16, "pretrain.batch_size": 256, "pretrain.ema_every": 10},
+        **{task: _robomimic_paper(*args) for task, args in {
+            "lift": (300, 81, 5000, 104), "can": (300, 151, 5000, 209),
+            "square": (400, 201, 8000, 269, True), "transport": (400, 201, 8000, 653, True)}.items()},
     },
 }
 
@@ -293,7 +373,9 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
         ("suite defaults", SUITE_DEFAULTS.get(spec.suite, {})),
         (f"{algorithm} defaults", algo_cls.suite_defaults.get(spec.suite, {})),
         (f"preset {preset}", PRESETS[preset].get(spec.suite, {})),
+        (f"preset {preset} for {task}", PRESETS[preset].get(task, {})),
         (f"{algorithm} preset {preset}", algo_cls.presets.get(preset, {}).get(spec.suite, {})),
+        (f"{algorithm} preset {preset} for {task}", algo_cls.presets.get(preset, {}).get(task, {})),
         ("--set", overrides or {}),
     ]
     fixed = {"task", "algorithm", "seed", "preset"} & set(overrides or {})

@@ -13,6 +13,9 @@ evaluation schedule, metric logging, checkpoints and resume. Files of a run (`ru
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.metadata
 import math
 import platform
 import random
@@ -69,8 +72,13 @@ def versions() -> dict:
     import gymnasium
     import mujoco
 
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "numpy": np.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+           "numpy": np.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}
+    try:  # read from the package metadata: importing robosuite takes seconds
+        out["robosuite"] = importlib.metadata.version("robosuite")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -88,17 +96,20 @@ class Prepared:
 
 
 def prepare_policy(cfg: RunConfig, log=print, progress=None):
-    """Dataset (made if missing) -> pre-trained policy (cached); returns (policy, normalizer, meta)."""
-    from bench.pretrain import load_pretrained, pretrain_diffusion
+    """Dataset (made if missing) -> the pre-trained policy of the algorithm's `policy_kind` (cached);
+    returns (policy, normalizer, meta)."""
+    from bench.pretrain import check_architecture, load_pretrained, pretrain_policy
     from envs.datasets import load_dataset
 
     task = get_task(cfg.task)
+    kind = get_algorithm(cfg.algorithm).policy_kind
+    check_architecture(kind, cfg.pretrain)  # before any data is made
     tp = cfg.env.horizon_steps or task.horizon_steps
     ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log, data=cfg.data)
     device = resolve_device(cfg.device)
-    path = pretrain_diffusion(cfg.task, task.obs_dim, task.act_dim, ds, tp, cfg.pretrain, str(device), progress)
+    path = pretrain_policy(kind, cfg.task, task.obs_dim, task.act_dim, ds, tp, cfg.pretrain, str(device), progress)
     policy, norm, meta = load_pretrained(path, str(device))
-    meta = {k: meta[k] for k in ("key", "data_checksum", "data_source", "wall_s")} | {"path": str(path)}
+    meta = {k: meta[k] for k in ("key", "policy_kind", "data_checksum", "data_source", "wall_s")} | {"path": str(path)}
     return policy, norm, meta
 
 
@@ -115,7 +126,12 @@ def build_algorithm(cfg: RunConfig, policy, device: torch.device) -> Algorithm:
 
 
 def make_env(cfg: RunConfig, norm: Normalizer, n_envs: int) -> TaskVectorEnv:
+    from envs.datasets import dataset_env_kwargs
+
     task = get_task(cfg.task)
+    env_kwargs = dataset_env_kwargs(cfg.task, cfg.data.source)
+    if env_kwargs:  # build the envs the way the data's env was built
+        task = dataclasses.replace(task, make_env=functools.partial(task.make_env, env_kwargs=env_kwargs))
     return TaskVectorEnv(task, n_envs, cfg.env.act_steps or task.act_steps, norm, cfg.env.max_episode_steps,
                          cfg.env.vector)
 
@@ -428,7 +444,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_for_eval(path: Path, device_name: str = "cpu"):
     """A run directory or checkpoint -> (cfg, algorithm with the fine-tuned weights, normalizer, state)."""
-    from bench.pretrain import build_diffusion_policy
+    from bench.pretrain import build_policy
 
     path = Path(path)
     if path.is_dir():
@@ -440,7 +456,8 @@ def load_for_eval(path: Path, device_name: str = "cpu"):
     cfg.device = device_name
     device = resolve_device(device_name)
     task = get_task(cfg.task)
-    policy = build_diffusion_policy(task.obs_dim, task.act_dim, cfg.env.horizon_steps or task.horizon_steps, cfg.pretrain)
+    policy = build_policy(get_algorithm(cfg.algorithm).policy_kind, task.obs_dim, task.act_dim,
+                          cfg.env.horizon_steps or task.horizon_steps, cfg.pretrain)
     policy.load_state_dict(state["pretrained"])
     algo = build_algorithm(cfg, policy.to(device), device)
     algo.load_state_dict(state["algo"])

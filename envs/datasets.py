@@ -1,5 +1,6 @@
 """Offline datasets: D4RL-format hdf5 (also the format of the built-in datasets), Minari, and the
-built-in "medium" datasets rolled out from the shipped behaviour policies.
+built-in "medium" datasets rolled out from the shipped behaviour policies. Robomimic-layout hdf5 files
+(a `data` group of demos) are read by `envs.robomimic_data`.
 
 Every loader returns a `TransitionDataset` with a content checksum (sha256 over the arrays), which runs
 record and the pre-training cache keys on. Episodes end at `terminals | timeouts` (D4RL convention).
@@ -248,8 +249,26 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
     elif source.startswith("minari:"):
         ds = load_minari(source.removeprefix("minari:"))
     elif source.endswith((".hdf5", ".h5")):
-        ds = load_d4rl_hdf5(source)
+        from envs.robomimic_data import is_robomimic_hdf5, load_robomimic_hdf5
+
+        if is_robomimic_hdf5(source):
+            ds = load_robomimic_hdf5(source, task_name, data.filter_key if data else None)
+            dataset_env_kwargs(task_name, source, log)  # check now that its env can be rebuilt
+        else:
+            ds = load_d4rl_hdf5(source)
     else:
-        raise BenchError(f"bad data.source {source!r}; valid: 'builtin', a D4RL .hdf5 path, 'minari:<id>'")
+        raise BenchError(f"bad data.source {source!r}; valid: 'builtin', a D4RL .hdf5 path, 'minari:<id>', "
+                         f"or a robomimic .hdf5 path")
     ds.check_dims(task.obs_dim, task.act_dim, task_name)
     return ds
+
+
+def dataset_env_kwargs(task_name: str, source: str, log=None) -> dict:
+    """Env settings a dataset file prescribes (a robomimic file's env_args: robot, controller, control
+    frequency), for the task's env factory; {} for every other source."""
+    if source.endswith((".hdf5", ".h5")):
+        from envs.robomimic_data import env_kwargs_from_file, is_robomimic_hdf5
+
+        if is_robomimic_hdf5(source):
+            return env_kwargs_from_file(source, task_name, log)
+    return {}

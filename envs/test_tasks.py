@@ -1,4 +1,9 @@
-"""`point_reach`: a tiny task for checking in seconds that an algorithm learns (suite "test").
+"""Tiny tasks for checking in seconds that an algorithm learns (suite "test").
+
+`bimodal_bandit` — the learning check every algorithm must pass: a contextual bandit with two equally
+good action modes, so the return reflects only the action (see its section below).
+
+`point_reach` — a short multi-step task (credit assignment over 5 chunks).
 
 A point in the square [-1, 1]^2 must reach a goal: observation (x, y, goal_x, goal_y), action a velocity
 in [-1, 1]^2 (the point moves 0.1 * a per step, clipped to the square), reward -||position - goal|| after
@@ -112,26 +117,113 @@ def make_demonstrations(n_transitions: int, seed: int):
 
 
 def builtin_point_reach_dataset(task_name: str, data, make_missing: bool, log):
+    if data.n_transitions < EPISODE_STEPS:
+        raise BenchError(f"data.n_transitions must be at least {EPISODE_STEPS} for {task_name}")
+    return _cached_demonstrations(task_name, data, make_missing, log, make_demonstrations,
+                                  [DATA_VERSION, STEP_SIZE, EPISODE_STEPS])
+
+
+# ---------------------------------------------------------------------------------------------------
+# bimodal_bandit: one step per episode. Context c ~ U(-1, 1); action a in [-1, 1]^2; two optimal
+# actions m+(c) = (c, 0.6) and m-(c) = (-c, -0.6); reward = exp(-d^2 / (2 * 0.15^2)) with d the distance
+# to the nearer mode (1 at a mode). Demonstrators pick a mode at random and miss it by N(0, 0.3^2) per
+# dimension, so the cloned policy is bimodal (a unimodal fit lands between the modes) and imprecise.
+
+BANDIT_WIDTH = 0.15
+BANDIT_DEMO_NOISE = 0.3
+
+
+def bandit_modes(context: np.ndarray) -> np.ndarray:
+    """(..., 2 modes, 2 dims) optimal actions for contexts (...)."""
+    c = np.asarray(context, dtype=np.float64)
+    plus = np.stack([c, np.full_like(c, 0.6)], -1)
+    return np.stack([plus, -plus], -2)
+
+
+def bandit_reward(context: np.ndarray, action: np.ndarray) -> np.ndarray:
+    d2 = ((np.clip(action, -1, 1)[..., None, :] - bandit_modes(context)) ** 2).sum(-1).min(-1)
+    return np.exp(-d2 / (2 * BANDIT_WIDTH**2))
+
+
+class BimodalBanditEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, max_episode_steps: int = 1):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.context = float(self.np_random.uniform(-1, 1))
+        return np.array([self.context], np.float32), {"success": False}
+
+    def step(self, action):
+        reward = float(bandit_reward(np.array(self.context), np.asarray(action)))
+        # one step per episode: the episode ends by its time limit (truncation, nothing to bootstrap)
+        return np.array([self.context], np.float32), reward, False, True, {"success": reward > 0.5}
+
+
+def make_bandit_env(env_id: str, max_episode_steps: int) -> gym.Env:
+    return BimodalBanditEnv()
+
+
+def bandit_reference_returns(n: int = 1_000_000, seed: int = 0) -> tuple[float, float]:
+    """(uniformly random, expert) mean rewards; the expert always hits a mode (1)."""
+    rng = np.random.default_rng(seed)
+    return float(bandit_reward(rng.uniform(-1, 1, n), rng.uniform(-1, 1, (n, 2))).mean()), 1.0
+
+
+BANDIT_REF_RANDOM = 0.0662
+
+
+def make_bandit_demonstrations(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    context = rng.uniform(-1, 1, n)
+    mode = rng.integers(0, 2, n)
+    action = np.clip(bandit_modes(context)[np.arange(n), mode] + rng.normal(0, BANDIT_DEMO_NOISE, (n, 2)), -1, 1)
+    return context[:, None].astype(np.float32), action.astype(np.float32), bandit_reward(context, action).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in datasets of the test tasks (D4RL layout, cached and checksummed like the Gym ones)
+
+
+def _cached_demonstrations(task_name: str, data, make_missing: bool, log, make, version_tag: list):
     from bench.store import atomic_write_json
     from envs.datasets import TransitionDataset, cache_root, load_checked_d4rl_hdf5, write_d4rl_hdf5
 
-    if data.n_transitions < EPISODE_STEPS:
-        raise BenchError(f"data.n_transitions must be at least {EPISODE_STEPS} for {task_name}")
-    tag = hashlib.sha256(json.dumps([DATA_VERSION, STEP_SIZE, EPISODE_STEPS]).encode()).hexdigest()[:8]
+    tag = hashlib.sha256(json.dumps(version_tag).encode()).hexdigest()[:8]
     path = cache_root() / "data" / task_name / f"demos-{data.n_transitions}-seed{data.seed}-{tag}.hdf5"
     if not path.exists():
         if not make_missing:
             raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
-        obs, act, rew, timeouts = make_demonstrations(data.n_transitions, data.seed)
+        obs, act, rew, timeouts = make(data.n_transitions, data.seed)
         ds = TransitionDataset(obs, act, rew, np.zeros(len(obs), bool), timeouts, source=str(path))
         returns = ds.episode_returns()
         attrs = {"task": task_name, "seed": data.seed, "n_episodes": int(len(returns)),
                  "mean_return": float(returns.mean())}
         write_d4rl_hdf5(path, ds, attrs=attrs)
         atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum))
-        log(f"wrote {path}: {len(obs)} transitions, {len(returns)} episodes, mean return {returns.mean():.2f}")
+        log(f"wrote {path}: {len(obs)} transitions, {len(returns)} episodes, mean return {returns.mean():.3f}")
     return load_checked_d4rl_hdf5(path, task_name)
 
+
+def builtin_bandit_dataset(task_name: str, data, make_missing: bool, log):
+    def make(n, seed):
+        obs, act, rew = make_bandit_demonstrations(n, seed)
+        return obs, act, rew, np.ones(n, bool)  # every step is a whole episode
+
+    return _cached_demonstrations(task_name, data, make_missing, log, make,
+                                  [DATA_VERSION, BANDIT_WIDTH, BANDIT_DEMO_NOISE])
+
+
+register_task(TaskSpec(
+    name="bimodal_bandit", suite="test", env_id="BimodalBandit", obs_dim=1, act_dim=2,
+    max_episode_steps=1, horizon_steps=1, act_steps=1,
+    ref_random_return=BANDIT_REF_RANDOM, ref_expert_return=1.0, metric="return",
+    make_env=make_bandit_env, builtin_dataset=builtin_bandit_dataset,
+    description="contextual bandit, two optimal action modes, noisy demonstrators; the learning check",
+))
 
 register_task(TaskSpec(
     name="point_reach", suite="test", env_id="PointReach", obs_dim=4, act_dim=2,

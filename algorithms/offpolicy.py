@@ -1,0 +1,205 @@
+"""Off-policy machinery shared by DIPO, IDQL, DQL, QSM and DAWR: rollout -> transitions, a FIFO replay
+buffer whose contents go in checkpoints, the twin state-action critic with Polyak target updates, and a
+full-chain diffusion sampler that can keep gradients (DQL backpropagates through all K steps).
+
+Transitions are per action chunk: `actions` is whatever the algorithm stored (the predicted chunk),
+`rewards` the raw chunk reward, `next_obs` the true next observation (the final observation of an
+ended episode, never the next episode's first one) and `terminated` a float 0/1 mask that is 1 only for
+a true termination, so truncated steps still bootstrap (method.md section 6, defect 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from algorithms.base import Rollout
+from algorithms.diffusion import DenoisingChain, clipped_randn, eval_std
+from algorithms.networks import mlp
+from bench.errors import BenchError
+
+TRANSITION_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+@dataclass
+class OffPolicyConfig:
+    """Settings every replay-based diffusion baseline has; defaults are the original Gym configs'.
+    An algorithm's Config subclasses this and redeclares a field to change its default."""
+
+    gamma: float = 0.99
+    """discount per action chunk, as the original"""
+    reward_scale: float = 0.01
+    """chunk rewards are multiplied by this in the TD target (original `scale_reward_factor`; robomimic 1)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions (chunks); FIFO"""
+    batch_size: int = 1000
+    replay_ratio: float = 16.0
+    """gradient steps per iteration = replay_ratio * new transitions / batch_size (at least 1)"""
+    target_tau: float = 0.005
+    """Polyak rate of the target networks after every gradient step"""
+    n_critic_warmup_itr: int = 5
+    """iterations in which only the critics learn"""
+    actor_lr: float = 1e-4
+    actor_lr_min: float = 1e-4
+    actor_weight_decay: float = 0.0
+    critic_lr: float = 1e-3
+    critic_lr_min: float = 1e-3
+    critic_weight_decay: float = 0.0
+    lr_warmup_itr: int = 10
+    """linear warm-up of the learning rates from their minimum, then cosine to the minimum"""
+    max_grad_norm: float | None = None
+    """actor gradient-norm clipping (None = off, as the original configs)"""
+    min_sampling_std: float = 0.1
+    """floor of the denoising std when sampling (acting and next actions)"""
+    randn_clip: float = 3.0
+    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    critic_activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] = "Mish"
+    critic_residual: bool = False
+    """Q networks: the original configs asked for residual MLPs, but a misspelt constructor argument
+    (`residual_tyle`, method.md section 6.3) made every original Q critic a plain MLP"""
+
+
+def transitions_from_rollout(ro: Rollout, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flatten a time-major rollout (T, N, ...) into T*N transitions (row t*N + n is env n at step t)."""
+    T, N = ro.rewards.shape
+    ended = ro.terminated | ro.truncated
+    next_obs = torch.cat([ro.obs[1:], ro.next_obs[None]], 0)
+    next_obs = torch.where(ended[..., None], ro.final_obs, next_obs)
+    return {
+        "obs": ro.obs.reshape(T * N, -1),
+        "actions": actions.reshape(T * N, *actions.shape[2:]),
+        "rewards": ro.rewards.reshape(T * N).float(),
+        "next_obs": next_obs.reshape(T * N, -1),
+        "terminated": ro.terminated.reshape(T * N).float(),
+    }
+
+
+class ReplayBuffer:
+    """FIFO ring of transitions on `device`; once full, each new transition overwrites the oldest."""
+
+    def __init__(self, capacity: int, obs_dim: int, action_shape: tuple[int, ...], device: torch.device | str):
+        if capacity < 1:
+            raise ValueError("replay buffer capacity must be >= 1")
+        self.capacity, self.device = capacity, torch.device(device)
+        self.data = {
+            "obs": torch.zeros(capacity, obs_dim, device=self.device),
+            "actions": torch.zeros(capacity, *action_shape, device=self.device),
+            "rewards": torch.zeros(capacity, device=self.device),
+            "next_obs": torch.zeros(capacity, obs_dim, device=self.device),
+            "terminated": torch.zeros(capacity, device=self.device),
+        }
+        self.ptr = 0  # next row to write
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        n = batch["obs"].shape[0]
+        start = max(0, n - self.capacity)  # more than capacity at once: only the newest rows survive
+        rows = (self.ptr + torch.arange(n - start)) % self.capacity
+        rows = rows.to(self.device)
+        for k in TRANSITION_KEYS:
+            self.data[k][rows] = batch[k][start:].to(self.device, self.data[k].dtype)
+        self.ptr = (self.ptr + n - start) % self.capacity
+        self.size = min(self.size + n - start, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Uniform with replacement; "index" (rows) lets a caller write improved actions back."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        index = torch.randint(0, self.size, (batch_size,), generator=generator, device=gen_device).to(self.device)
+        out = {k: v[index] for k, v in self.data.items()}
+        out["index"] = index
+        return out
+
+    def set_actions(self, index: torch.Tensor, actions: torch.Tensor) -> None:
+        self.data["actions"][index.to(self.device)] = actions.to(self.device, self.data["actions"].dtype)
+
+    def state_dict(self) -> dict:
+        # rows [0, size) are exactly the filled ones (the ring fills from 0 before it wraps)
+        return {"capacity": self.capacity, "ptr": self.ptr, "size": self.size,
+                "data": {k: v[: self.size].clone() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"replay buffer capacity {self.capacity} != checkpoint's {state['capacity']}")
+        self.ptr, self.size = state["ptr"], state["size"]
+        for k, v in self.data.items():
+            v.zero_()
+            v[: self.size] = state["data"][k].to(self.device)
+
+
+class TwinQ(nn.Module):
+    """Two independent Q(s, a) MLPs on [observation; flattened action chunk] (clipped double Q)."""
+
+    def __init__(self, obs_dim: int, act_shape: tuple[int, ...], hidden: tuple[int, ...],
+                 activation: str = "Mish", residual: bool = False):
+        super().__init__()
+        in_dim = obs_dim + int(torch.Size(act_shape).numel())
+        self.q1 = mlp(in_dim, hidden, 1, activation, residual)
+        self.q2 = mlp(in_dim, hidden, 1, activation, residual)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, actions.reshape(obs.shape[0], -1)], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+def check_replay_config(cfg) -> None:
+    """One-line errors for replay settings no run can use (`buffer_size`, `batch_size`, `replay_ratio`, and
+    `target_tau` where the config has one)."""
+    for name in ("buffer_size", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise BenchError(f"algo.{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.replay_ratio > 0:
+        raise BenchError(f"algo.replay_ratio must be > 0, got {cfg.replay_ratio}")
+    tau = getattr(cfg, "target_tau", None)
+    if tau is not None and not 0 < tau <= 1:
+        raise BenchError(f"algo.target_tau must be in (0, 1], got {tau}")
+
+
+def replay_steps(n_new: int, batch_size: int, replay_ratio: float) -> int:
+    """Gradient steps after adding `n_new` transitions: `replay_ratio` per `batch_size` new transitions, as
+    the original agents (n_steps * n_envs / batch_size * replay_ratio, truncated), and at least one."""
+    return max(1, int(n_new / batch_size * replay_ratio))
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging: target <- (1 - tau) target + tau source."""
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)
+
+
+def sample_chain(network: nn.Module, chain: DenoisingChain, obs: torch.Tensor, min_std: float = 0.0,
+                 randn_clip: float | None = 3.0, generator: torch.Generator | None = None,
+                 keep_grad: bool = False, deterministic: bool = False) -> torch.Tensor:
+    """Run every step of `chain` with `network` (B, Tp, Da). Stochastic steps use std clamped at `min_std`;
+    `deterministic` uses DPPO's evaluation noise (`eval_std`). `keep_grad` keeps the autograd graph
+    through all steps (the noise itself carries no gradient)."""
+    with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
+        b, dev = obs.shape[0], obs.device
+        x = clipped_randn((b, network.horizon_steps, network.act_dim), randn_clip, generator, dev)
+        for i in range(len(chain)):
+            eps = network(x, chain.timesteps[i].expand(b), obs)
+            mean = chain.mean(torch.tensor(i, device=dev), x, eps)
+            std = eval_std(chain, i) if deterministic else chain.std[i].clamp(min=min_std)
+            x = mean + std * clipped_randn(x.shape, randn_clip, generator, dev) if std > 0 else mean
+        return x
+
+
+def twin_q_td_loss(critic: TwinQ, critic_target: TwinQ, batch: dict[str, torch.Tensor], next_actions: torch.Tensor,
+                   gamma: float, reward_scale: float = 1.0, act_steps: int | None = None) -> torch.Tensor:
+    """The clipped double-Q TD loss of DIPO, DQL and QSM: sum_i mean_b (Q_i(s, a) - y)^2 with
+    y = reward_scale * r + gamma * (1 - terminated) * min_j Q'_j(s', a').
+    `next_actions` come from whichever actor the algorithm bootstraps with (no gradient flows into y); the
+    critics see the first `act_steps` actions of each chunk (the executed ones; None: the whole chunk)."""
+    with torch.no_grad():
+        next_q = torch.min(*critic_target(batch["next_obs"], next_actions[:, :act_steps]))
+        target = reward_scale * batch["rewards"] + gamma * (1.0 - batch["terminated"]) * next_q
+    q1, q2 = critic(batch["obs"], batch["actions"][:, :act_steps])
+    return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()

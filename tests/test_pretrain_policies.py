@@ -1,0 +1,109 @@
+"""Pre-training of the Gaussian and GMM policies: maximum likelihood imitates the data; the cache is keyed
+by policy kind and by the settings each kind depends on (the diffusion key is the historical one); old
+checkpoints still load; `bench pretrain --policy` through the CLI, and its bad input."""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.gaussian import GaussianPolicy, GMMPolicy
+from bench.config import GaussianPolicyConfig, GMMPolicyConfig, PretrainConfig
+from bench.pretrain import load_pretrained, pretrain_key, pretrain_policy
+from tests.test_pretrain import synthetic_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "gmm"])
+def test_maximum_likelihood_pretraining_imitates_the_data(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
+    cfg = PretrainConfig(hidden_dims=(64, 64, 64), n_updates=400, batch_size=128, lr=3e-3, lr_min=3e-4, ema_start=100)
+    path = pretrain_policy(kind, "synthetic", 2, 2, synthetic_dataset(), 1, cfg)
+    assert path.name.startswith(f"{kind}-")
+    policy, norm, meta = load_pretrained(path)
+    assert isinstance(policy, GaussianPolicy if kind == "gaussian" else GMMPolicy)
+    assert meta["policy_kind"] == kind and meta["loss_curve"][-1]["loss"] < meta["loss_curve"][0]["loss"]
+    assert not policy.log_var.requires_grad and torch.allclose(policy.log_var.mul(0.5).exp(), torch.tensor(0.1))
+    obs = np.array([[0.5, 0.5], [-0.9, 0.2], [0.0, -0.7]], np.float32)
+    x = policy.sample(torch.as_tensor(norm.normalize_obs(obs)), deterministic=True)
+    if kind == "gmm":  # the mean of the most likely mode
+        x = policy.sample(torch.as_tensor(norm.normalize_obs(obs)), deterministic=True, mode_choice="argmax")
+    act = norm.unnormalize_act(x[:, 0].detach().numpy())
+    np.testing.assert_allclose(act, np.stack([0.8 * obs[:, 0], -0.5 * obs[:, 1]], 1), atol=0.1)
+
+
+def test_cache_is_keyed_by_policy_kind_and_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
+    cfg = PretrainConfig(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
+    ds = synthetic_dataset(300)
+    paths = {k: pretrain_policy(k, "synthetic", 2, 2, ds, 1, cfg) for k in ("diffusion", "gaussian", "gmm")}
+    assert len(set(paths.values())) == 3 and all(p.exists() for p in paths.values())
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    for k, p in paths.items():  # the same inputs reuse the file
+        assert pretrain_policy(k, "synthetic", 2, 2, ds, 1, cfg) == p and p.stat().st_mtime_ns == stamps[k]
+
+    # the diffusion key is the one from before the other kinds existed (cached policies stay valid)
+    flat = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("gaussian", "gmm")}
+    blob = json.dumps({"v": 1, "task": "synthetic", "data": ds.checksum, "Tp": 1, "cfg": flat}, sort_keys=True)
+    assert paths["diffusion"].name == f"diffusion-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+
+    def key(kind, c):
+        return pretrain_key("synthetic", ds.checksum, 1, c, kind)
+
+    arch = dataclasses.replace(cfg, gaussian=GaussianPolicyConfig(fixed_std=0.2))
+    assert key("gaussian", arch) != key("gaussian", cfg)
+    assert key("gmm", arch) == key("gmm", cfg) and key("diffusion", arch) == key("diffusion", cfg)
+    modes = dataclasses.replace(cfg, gmm=GMMPolicyConfig(n_modes=3))
+    assert key("gmm", modes) != key("gmm", cfg) and key("gaussian", modes) == key("gaussian", cfg)
+    diffusion_only = dataclasses.replace(cfg, time_dim=16, denoising_steps=8)
+    assert key("diffusion", diffusion_only) != key("diffusion", cfg)
+    assert key("gaussian", diffusion_only) == key("gaussian", cfg) and key("gmm", diffusion_only) == key("gmm", cfg)
+    shared = dataclasses.replace(cfg, lr=5e-4)
+    assert all(key(k, shared) != key(k, cfg) for k in ("diffusion", "gaussian", "gmm"))
+    # the MLP follows pretrain.hidden_dims unless set for the kind
+    wider = dataclasses.replace(cfg, hidden_dims=(32, 32, 32))
+    assert key("gaussian", wider) != key("gaussian", cfg)
+    pinned = dataclasses.replace(wider, gaussian=GaussianPolicyConfig(hidden_dims=(16, 16, 16)))
+    assert key("gaussian", pinned) == key("gaussian", cfg)
+
+
+def test_a_checkpoint_without_the_new_config_sections_still_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
+    cfg = PretrainConfig(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
+    path = pretrain_policy("diffusion", "synthetic", 2, 2, synthetic_dataset(300), 1, cfg)
+    blob = torch.load(path, weights_only=False)
+    for section in ("gaussian", "gmm"):
+        blob["config"].pop(section)
+    torch.save(blob, path)
+    policy, _, meta = load_pretrained(path)
+    assert policy.n_steps == 4 and meta["policy_kind"] == "diffusion"
+
+
+def test_cli_pretrain_policy_kind(cli, _cache_dir):
+    code, out, err = cli("pretrain", "--task", "hopper", "--preset", "smoke", "--policy", "gmm",
+                         "--set", "torch_threads=1")
+    assert code == 0, err
+    path = next((_cache_dir / "pretrained" / "hopper").glob("gmm-*.pt"))
+    assert "pre-trained gmm policy" in out and path.name in out.replace("\n", "")
+    policy, _, meta = load_pretrained(path)
+    assert isinstance(policy, GMMPolicy) and policy.n_modes == 5
+    assert policy.mean_net[0].out_features == 32  # smoke-sized: the MLP follows pretrain.hidden_dims
+    stamp = path.stat().st_mtime_ns
+    code, out, _ = cli("pretrain", "--task", "hopper", "--preset", "smoke", "--algo", "gmm_ppo",
+                       "--set", "torch_threads=1")  # the algorithm's policy kind by default; cached
+    assert code == 0 and path.stat().st_mtime_ns == stamp and "pre-trained gmm policy" in out
+
+
+def test_cli_pretrain_bad_policy_kind_is_one_line_and_writes_nothing(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
+    code, out, err = cli("pretrain", "--task", "hopper", "--preset", "smoke", "--policy", "flow")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "flow" in err and all(k in err for k in ("diffusion", "gaussian", "gmm"))
+    code, _, err = cli("pretrain", "--task", "hopper", "--preset", "smoke", "--policy", "gaussian",
+                       "--set", "pretrain.gaussian.hidden_dims=16,32,16")  # residual MLP with unequal widths
+    assert code == 2 and "pretrain.gaussian" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
