@@ -3,6 +3,7 @@ point, listed by `bench algos`, and run end to end by `bench run` in a fresh pro
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ EXAMPLE = ROOT / "examples" / "dppo-bench-ddpo"
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("plugin_site")
+    src = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("plugin_src") / EXAMPLE.name)  # builds write in-tree
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+                    "--target", str(site), str(src)], check=True, capture_output=True)
     assert (site / "bench_ddpo" / "__init__.py").exists()
     return site
 
