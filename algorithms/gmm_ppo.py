@@ -5,10 +5,11 @@ tanh-squashed means, one std per (mode, action dimension) re-initialised to `std
 learnable within [0.01, 0.2], and mixture logits from a second MLP. A chunk is drawn by picking a mode
 from the mixture weights and sampling that mode's Gaussian (unclipped, as the original). The PPO
 sample's log-probability is the full joint mixture log-density of the executed actions (not averaged per
-dimension), clamped to [-5, 2] like the Gaussian's; clip 0.01 (0.1 on gym). Everything else (GAE, critic,
-reward scaling, minibatches, learning rates, critic warm-up, gym defaults) is Gaussian PPO's, which this
-class extends with the mixture policy and its defaults. method.md section 5; the original
-model/rl/gmm_ppo.py.
+dimension), clamped to [-5, 2] like the Gaussian's; clip 0.01 as in every original GMM config (there is
+none for gym; the Gaussian's gym clip 0.1 comes from a Gaussian-only config). Everything else (GAE,
+critic, reward scaling, minibatches, learning rates, critic warm-up, the other gym defaults) is Gaussian
+PPO's, which this class extends with the mixture policy and its defaults. method.md section 5; the
+original model/rl/gmm_ppo.py.
 
 Faithfulness notes, each an option with the original's value as default:
 - The clamp [`logprob_min`, `logprob_max`] = [-5, 2] applies to the *joint* log-density, as in the
@@ -47,7 +48,7 @@ class GMMPPOConfig(GaussianPPOConfig):
 class GMMPPO(GaussianPPO):
     Config = GMMPPOConfig
     policy_kind = "gmm"
-    suite_defaults = {"gym": GYM_DEFAULTS}
+    suite_defaults = {"gym": {**GYM_DEFAULTS, "algo.clip": 0.01}}
     presets = PRESETS
 
     actor_ft: GMMPolicy

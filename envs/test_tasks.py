@@ -159,8 +159,8 @@ class BimodalBanditEnv(gym.Env):
 
     def step(self, action):
         reward = float(bandit_reward(np.array(self.context), np.asarray(action)))
-        # one step per episode: the episode ends by its time limit (truncation, nothing to bootstrap)
-        return np.array([self.context], np.float32), reward, False, True, {"success": reward > 0.5}
+        # one step per episode: the episode is over (a termination: nothing to bootstrap from)
+        return np.array([self.context], np.float32), reward, True, False, {"success": reward > 0.5}
 
 
 def make_bandit_env(env_id: str, max_episode_steps: int) -> gym.Env:
@@ -211,7 +211,7 @@ def _cached_demonstrations(task_name: str, data, make_missing: bool, log, make, 
 def builtin_bandit_dataset(task_name: str, data, make_missing: bool, log):
     def make(n, seed):
         obs, act, rew = make_bandit_demonstrations(n, seed)
-        return obs, act, rew, np.ones(n, bool)  # every step is a whole episode
+        return obs, act, rew, np.ones(n, bool)  # every step is a whole episode (stored as timeouts)
 
     return _cached_demonstrations(task_name, data, make_missing, log, make,
                                   [DATA_VERSION, BANDIT_WIDTH, BANDIT_DEMO_NOISE])
