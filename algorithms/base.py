@@ -68,7 +68,13 @@ class Algorithm:
     suite_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise a one-line BenchError for values no run can use. Called when the run config is composed
+        (before any data is made or policy pre-trained) and again when the algorithm is built."""
+
     def __init__(self, cfg, ctx: AlgoContext, pretrained):
+        type(self).check_config(cfg)
         self.cfg, self.ctx = cfg, ctx
 
     def act(self, obs: torch.Tensor, deterministic: bool = False,

@@ -124,10 +124,13 @@ class DAWR(DiffusionRegression):
                   "robomimic": {"algo.batch_size": 1000, "algo.replay_ratio": 64, "algo.buffer_steps": 3000}},
     }
 
-    def __init__(self, cfg: DAWRConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
+    @classmethod
+    def check_config(cls, cfg: DAWRConfig) -> None:
         for name in ("buffer_steps", "batch_size", "critic_update_ratio"):
             if getattr(cfg, name) < 1:
                 raise BenchError(f"algo.{name} must be >= 1, got {getattr(cfg, name)}")
+
+    def __init__(self, cfg: DAWRConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
         super().__init__(cfg, ctx, pretrained, cfg.actor_lr, cfg.actor_weight_decay)
         self.critic = ValueCritic(ctx.obs_dim, cfg.critic_hidden, cfg.critic_activation,
                                   cfg.critic_residual).to(ctx.device)

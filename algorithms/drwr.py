@@ -119,10 +119,13 @@ class DRWR(DiffusionRegression):
                   "robomimic": {"algo.batch_size": 1000, "algo.update_epochs": 16}},
     }
 
-    def __init__(self, cfg: DRWRConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
+    @classmethod
+    def check_config(cls, cfg: DRWRConfig) -> None:
         for name in ("batch_size", "update_epochs"):
             if getattr(cfg, name) < 1:
                 raise BenchError(f"algo.{name} must be >= 1, got {getattr(cfg, name)}")
+
+    def __init__(self, cfg: DRWRConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
         super().__init__(cfg, ctx, pretrained, cfg.lr, cfg.weight_decay)
         # steps of still-running episodes, time-major (P, N, ...), and which of them are waiting (P, N)
         n, dev = ctx.n_envs, ctx.device

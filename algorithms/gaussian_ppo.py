@@ -121,11 +121,14 @@ class GaussianPPO(Algorithm):
     suite_defaults = {"gym": GYM_DEFAULTS}
     presets = PRESETS
 
-    def __init__(self, cfg: GaussianPPOConfig, ctx: AlgoContext, pretrained: GaussianPolicy):
-        super().__init__(cfg, ctx, pretrained)
+    @classmethod
+    def check_config(cls, cfg: GaussianPPOConfig) -> None:
         if not 0 < cfg.std_min <= cfg.std_max or (cfg.std_init is not None and cfg.std_init <= 0):
             raise BenchError(f"need 0 < algo.std_min <= algo.std_max and algo.std_init > 0, got {cfg.std_min}, "
                              f"{cfg.std_max}, {cfg.std_init}")
+
+    def __init__(self, cfg: GaussianPPOConfig, ctx: AlgoContext, pretrained: GaussianPolicy):
+        super().__init__(cfg, ctx, pretrained)
         dev = ctx.device
         self.actor_ft = copy.deepcopy(pretrained).to(dev).train()
         if pretrained.log_var is not None:  # a fixed std: fine-tuning's initial value and bounds, learnable

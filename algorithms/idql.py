@@ -94,14 +94,17 @@ class IDQL(Algorithm):
                                 "algo.actor_lr_min": 1e-6}},
     }
 
-    def __init__(self, cfg: IDQLConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
-        super().__init__(cfg, ctx, pretrained)
+    @classmethod
+    def check_config(cls, cfg: IDQLConfig) -> None:
         check_replay_config(cfg)
         for name in ("expectile", "exploration_expectile"):
             if not 0 < getattr(cfg, name) < 1:
                 raise BenchError(f"algo.{name} must be strictly between 0 and 1, got {getattr(cfg, name)}")
         if cfg.n_candidates < 1:
             raise BenchError(f"algo.n_candidates must be >= 1, got {cfg.n_candidates}")
+
+    def __init__(self, cfg: IDQLConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
+        super().__init__(cfg, ctx, pretrained)
         dev = ctx.device
         self.policy = copy.deepcopy(pretrained).to(dev).requires_grad_(True).train()  # whole network fine-tuned
         self.chain = self.policy.ddpm

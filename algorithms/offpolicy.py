@@ -80,7 +80,8 @@ def transitions_from_rollout(ro: Rollout, actions: torch.Tensor) -> dict[str, to
 class ReplayBuffer:
     """FIFO ring of transitions on `device`; once full, each new transition overwrites the oldest."""
 
-    def __init__(self, capacity: int, obs_dim: int, action_shape: tuple[int, ...], device: torch.device | str):
+    def __init__(self, capacity: int, obs_dim: int, action_shape: tuple[int, ...], device: torch.device | str,
+                 improved_actions: bool = False):
         if capacity < 1:
             raise ValueError("replay buffer capacity must be >= 1")
         self.capacity, self.device = capacity, torch.device(device)
@@ -91,6 +92,8 @@ class ReplayBuffer:
             "next_obs": torch.zeros(capacity, obs_dim, device=self.device),
             "terminated": torch.zeros(capacity, device=self.device),
         }
+        if improved_actions:  # a second action column, a copy of the executed one that an algorithm rewrites
+            self.data["improved_actions"] = torch.zeros(capacity, *action_shape, device=self.device)
         self.ptr = 0  # next row to write
         self.size = 0
 
@@ -104,6 +107,8 @@ class ReplayBuffer:
         rows = rows.to(self.device)
         for k in TRANSITION_KEYS:
             self.data[k][rows] = batch[k][start:].to(self.device, self.data[k].dtype)
+        if "improved_actions" in self.data:
+            self.data["improved_actions"][rows] = self.data["actions"][rows]
         self.ptr = (self.ptr + n - start) % self.capacity
         self.size = min(self.size + n - start, self.capacity)
 
@@ -117,8 +122,8 @@ class ReplayBuffer:
         out["index"] = index
         return out
 
-    def set_actions(self, index: torch.Tensor, actions: torch.Tensor) -> None:
-        self.data["actions"][index.to(self.device)] = actions.to(self.device, self.data["actions"].dtype)
+    def set_actions(self, index: torch.Tensor, actions: torch.Tensor, key: str = "actions") -> None:
+        self.data[key][index.to(self.device)] = actions.to(self.device, self.data[key].dtype)
 
     def state_dict(self) -> dict:
         # rows [0, size) are exactly the filled ones (the ring fills from 0 before it wraps)

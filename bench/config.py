@@ -383,6 +383,7 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
         raise BenchError(f"--set cannot change {', '.join(sorted(fixed))}; use the --task/--algo/--seed/--preset options")
     for source, layer in layers:
         apply_overrides(cfg, layer, source)
+    algo_cls.check_config(cfg.algo)
     return cfg
 
 

@@ -308,6 +308,8 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
 
     n_itr = cfg.train.n_iterations
     t_start = time.time()
+    # CPU seconds of this process (async env workers not included), carried over a resume in the metrics
+    cpu_before, cpu_start = (rows[-1].get("cpu_s", 0.0) if rows else 0.0), time.process_time()
 
     def do_eval(itr):
         t = time.time()
@@ -335,7 +337,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         env_steps += steps
         t2 = time.time()
         row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
-               **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
+               "cpu_s": cpu_before + time.process_time() - cpu_start, **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
                "env_steps_per_s": steps / max(t2 - t0, 1e-9), **algo_metrics}
         rows.append(row)
         atomic_write_csv(rdir / "metrics.csv", rows)
@@ -351,6 +353,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
     env.close()
     eval_env.close()
     summary = make_summary(cfg, task, evals, rows, env_steps, wall_before + time.time() - t_start, pre_meta)
+    summary["cpu_s"] = cpu_before + time.process_time() - cpu_start
     atomic_write_json(rdir / "summary.json", summary)
     return summary
 

@@ -127,6 +127,40 @@ def test_improved_actions_are_written_back_into_the_buffer(act_steps):
     assert torch.equal(data["obs"][: T * N], ro.obs.reshape(T * N, OBS))  # only actions are rewritten
 
 
+def test_separate_write_back_keeps_executed_actions_and_compounds_improvements():
+    # write_back="separate": the executed actions stay for the critic; the improved ones go to their own
+    # column, and the next update improves them again from where they were left (not from the executed)
+    algo = make(critic_lr=0.0, critic_lr_min=0.0, action_grad_norm_coef=1e9, action_lr=0.05,
+                write_back="separate")
+    critic = copy.deepcopy(algo.critic)
+    ro = rollout(algo)
+    stored = ro.extras["actions"].reshape(T * N, TP, ACT)
+    algo.update(ro, iteration=0)
+    data = algo.buffer.data
+    assert torch.equal(data["actions"][: T * N], stored)
+    changed = (data["improved_actions"][: T * N] != stored).flatten(1).any(1)
+    assert 0 < changed.sum() < T * N
+    once = data["improved_actions"][: T * N].clone()
+    expected = improve_actions(critic, data["obs"][:T * N][changed], stored[changed], steps=10, lr=0.05,
+                               max_grad_norm=1e9)
+    assert torch.allclose(once[changed], expected, atol=1e-6)
+    # a second update (no new rows: the same rollout would add them, so call the pieces directly)
+    algo.buffer.add = lambda batch: None
+    algo.update(ro, iteration=1)
+    again = (data["improved_actions"][: T * N] != once).flatten(1).any(1) & changed
+    assert again.any()
+    twice = improve_actions(critic, data["obs"][:T * N][again], once[again], steps=10, lr=0.05, max_grad_norm=1e9)
+    assert torch.allclose(data["improved_actions"][: T * N][again], twice, atol=1e-6)
+
+
+def test_no_write_back_leaves_the_buffer_unchanged():
+    algo = make(write_back="none")
+    ro = rollout(algo)
+    algo.update(ro, iteration=0)
+    assert torch.equal(algo.buffer.data["actions"][: T * N], ro.extras["actions"].reshape(T * N, TP, ACT))
+    assert "improved_actions" not in algo.buffer.data
+
+
 def test_critic_warmup_neither_improves_actions_nor_steps_the_actor():
     algo = make(n_critic_warmup_itr=1)
     actor = [p.clone() for p in algo.actor.parameters()]

@@ -231,3 +231,4 @@ def test_idql_learns_point_reach(cli, tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "runs" / "point_reach" / "idql" / "seed0" / "summary.json").read_text())
     assert summary["final_score"] > summary["pretrained_score"] + 15, summary
+

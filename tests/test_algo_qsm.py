@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from algorithms.base import AlgoContext, Rollout
-from algorithms.qsm import QSM, QSMConfig, q_score_matching_loss, q_score_target
+from algorithms.qsm import QSM, QSMConfig, denoised_estimate, q_score_matching_loss, q_score_target
 from bench.config import PretrainConfig, build_run_config
 from bench.pretrain import build_diffusion_policy
 
@@ -60,7 +60,8 @@ def test_q_score_matching_loss_by_hand():
     q = QuadraticTwinQ([[1.0, 0.0]], [[0.0, 1.0]])
     net = ScaledIdentityEps()
     x = torch.tensor([[[0.5, -0.5]], [[0.0, 0.0]]])
-    loss = q_score_matching_loss(net, q, x, torch.tensor([0, 2]), torch.zeros(2, OBS), alpha=10.0)
+    t, obs = torch.tensor([0, 2]), torch.zeros(2, OBS)
+    loss = q_score_matching_loss(net(x, t, obs), q, x, obs, alpha=10.0)
     assert loss.item() == pytest.approx(147.145, rel=1e-6)
     loss.backward()
     # d loss / d w = mean 2 r (-x), r = -w x - 0.1 t - target: entries (2 * -0.5 * -0.5) + (2 * -19.5 * 0.5)
@@ -70,8 +71,40 @@ def test_q_score_matching_loss_by_hand():
     # with Ta = 1 of Tp = 2 executed, only the first action of a chunk is scored: sample 1's first action
     # followed by an arbitrary unexecuted one gives sample 1's loss, (0.25 + 380.25) / 2 = 190.25
     x = torch.tensor([[[0.5, -0.5], [7.0, -3.0]]])
-    loss = q_score_matching_loss(net, q, x, torch.tensor([0]), torch.zeros(1, OBS), alpha=10.0, act_steps=1)
+    t, obs = torch.tensor([0]), torch.zeros(1, OBS)
+    loss = q_score_matching_loss(net(x, t, obs), q, x, obs, alpha=10.0, act_steps=1)
     assert loss.item() == pytest.approx(190.25, rel=1e-6)
+
+
+def test_denoised_estimate_by_hand():
+    # x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a), clipped: sample 1 with sqrt(a) = 0.8, sqrt(1 - a) = 0.6,
+    # x_t = (0.5, -0.5), eps = (0.5, -0.5): ((0.5 - 0.3) / 0.8, (-0.5 + 0.3) / 0.8) = (0.25, -0.25);
+    # sample 2 with 0.5 and 0.5, x_t = (0.9, -0.2), eps = (-1, 0.2): (1.4 / 0.5, -0.3 / 0.5) = (2.8, -0.6),
+    # clipped to (1, -0.6) (unclipped with clip None)
+    x = torch.tensor([[[0.5, -0.5]], [[0.9, -0.2]]])
+    eps = torch.tensor([[[0.5, -0.5]], [[-1.0, 0.2]]])
+    sa, s1a = torch.tensor([0.8, 0.5]).view(2, 1, 1), torch.tensor([0.6, 0.5]).view(2, 1, 1)
+    assert torch.allclose(denoised_estimate(x, eps, sa, s1a, 1.0), torch.tensor([[[0.25, -0.25]], [[1.0, -0.6]]]))
+    assert torch.allclose(denoised_estimate(x, eps, sa, s1a, None), torch.tensor([[[0.25, -0.25]], [[2.8, -0.6]]]))
+
+
+def test_q_score_matching_loss_at_the_denoised_action_by_hand():
+    # q_grad_at="denoised": the target is alpha * grad Q at x0_hat, not at x_t. eps = w x + 0.1 t with w = 1,
+    # t = 0, x_t = (0.5, -0.5): eps = (0.5, -0.5); with sqrt(a) = 0.8, sqrt(1 - a) = 0.6 x0_hat = (0.25, -0.25)
+    # grad Q1 = -2 (x0_hat - (1, 0)) = (1.5, 0.5), grad Q2 = -2 (x0_hat - (0, 1)) = (-0.5, 2.5), mean (0.5, 1.5),
+    # target (5, 15); -eps = (-0.5, 0.5): residuals (-5.5, -14.5), loss (30.25 + 210.25) / 2 = 120.25
+    q = QuadraticTwinQ([[1.0, 0.0]], [[0.0, 1.0]])
+    net = ScaledIdentityEps()
+    x, t, obs = torch.tensor([[[0.5, -0.5]]]), torch.tensor([0]), torch.zeros(1, OBS)
+    eps = net(x, t, obs)
+    x0_hat = denoised_estimate(x, eps.detach(), torch.tensor(0.8), torch.tensor(0.6), 1.0)
+    loss = q_score_matching_loss(eps, q, x0_hat, obs, alpha=10.0)
+    assert loss.item() == pytest.approx(120.25, rel=1e-6)
+    loss.backward()
+    # x0_hat is detached, so only -eps carries gradient: d loss / d w = mean 2 r (-x) over the 2 entries
+    # = (2 * -5.5 * -0.5 + 2 * -14.5 * 0.5) / 2 = (5.5 - 14.5) / 2 = -4.5
+    assert net.w.grad.item() == pytest.approx(-4.5, rel=1e-6)
+    assert q.c1.grad is None and q.c2.grad is None
 
 
 def test_score_matching_on_a_fixed_q_moves_sampled_actions_uphill():
@@ -90,7 +123,7 @@ def test_score_matching_on_a_fixed_q_moves_sampled_actions_uphill():
         t = torch.randint(0, pre.n_steps, (128,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         x_t = pre.sqrt_ac[t].view(-1, 1, 1) * x0 + pre.sqrt_one_minus_ac[t].view(-1, 1, 1) * noise
-        loss = q_score_matching_loss(pre.network, q, x_t, t, obs, alpha=10.0)
+        loss = q_score_matching_loss(pre.network(x_t, t, obs), q, x_t, obs, alpha=10.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -134,6 +167,15 @@ def test_update_schedule_buffer_and_targets():
     assert any(not torch.equal(a, b) for a, b in zip(target, algo.critic_target.parameters()))
     m = algo.update(rollout(algo, seed=2), iteration=1)
     assert m["actor_updated"] == 1.0 and m["actor_loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(actor, algo.actor.parameters()))
+
+
+def test_denoised_target_option_updates_the_actor():
+    assert QSMConfig().q_grad_at == "noisy"  # the original is the default
+    algo = make(q_grad_at="denoised")
+    actor = [p.clone() for p in algo.actor.parameters()]
+    m = algo.update(rollout(algo), iteration=0)
+    assert m["actor_loss"] > 0 and torch.isfinite(torch.tensor(m["actor_loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(actor, algo.actor.parameters()))
 
 

@@ -127,3 +127,13 @@ def test_nan_pretraining_loss_writes_nothing(cli, tmp_path):
     _one_line_error(code, err, "pre-training loss became nan")
     assert not (tmp_path / "out").exists()
     assert (sorted(cache.rglob("*.pt")) if cache.exists() else []) == before
+
+
+def test_algorithm_config_errors_come_before_any_data_or_pretraining(cli, tmp_path, monkeypatch):
+    # an unusable algorithm value is a one-line error when the config is composed: nothing made or written
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "cache"))
+    for algo, bad in (("idql", "algo.expectile=1.5"), ("dipo", "algo.batch_size=0"),
+                      ("gaussian_ppo", "algo.std_min=0")):
+        code, _, err = cli("run", "--algo", algo, "--task", "hopper", "--out", tmp_path / "out", "--set", bad)
+        assert code != 0 and "algo." in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

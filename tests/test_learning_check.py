@@ -11,13 +11,7 @@ from algorithms.registry import _BUILTIN_MODULES
 MIN_GAIN = 15.0
 
 
-# Known not to pass yet (issue 4 stays open until they do): strict, so a fix makes this list fail loudly.
-NOT_YET = {"dipo", "qsm", "dql"}
-
-
-@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.xfail(
-    strict=True, reason="does not yet improve on bimodal_bandit in its small preset")) if a in NOT_YET else a
-    for a in sorted(_BUILTIN_MODULES)])
+@pytest.mark.parametrize("algo", sorted(_BUILTIN_MODULES))
 def test_algorithm_improves_on_the_bandit(cli, tmp_path, algo):
     code, _, err = cli("run", "--algo", algo, "--task", "bimodal_bandit", "--out", tmp_path,
                        "--set", "torch_threads=1", "--quiet")

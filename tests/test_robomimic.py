@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from algorithms.registry import _BUILTIN_MODULES
 from bench.errors import BenchError
 from envs.robomimic_data import Demo, load_robomimic_hdf5, read_robomimic_hdf5, write_robomimic_hdf5
 from envs.tasks import get_task
@@ -265,6 +266,16 @@ def test_expert_demo_depends_only_on_seed_and_index():
     np.testing.assert_array_equal(first.actions, again.actions)
     if ok:  # a kept demo ends after the task stayed solved for SUCCESS_HOLD steps
         assert first.rewards[-robomimic_data.SUCCESS_HOLD:].tolist() == [1.0] * robomimic_data.SUCCESS_HOLD
+
+
+@pytest.mark.parametrize("algo", sorted(set(_BUILTIN_MODULES) - {"dppo"}))
+def test_every_algorithm_runs_on_lift_with_the_smoke_preset(cli, tmp_path, _cache_dir, algo):
+    # dppo's smoke run on lift is the test below; each baseline from its own pre-trained policy kind
+    code, _, err = cli("run", "--algo", algo, "--task", "lift", "--preset", "smoke", "--out", tmp_path, "--quiet",
+                       "--set", "torch_threads=1")
+    assert code == 0, err
+    s = json.loads((tmp_path / "runs" / "lift" / algo / "seed0" / "summary.json").read_text())
+    assert s["complete"] and s["metric"] == "success_rate" and 0.0 <= s["final_success_rate"] <= 1.0
 
 
 def test_smoke_run_on_lift_with_builtin_demos_and_resume(cli, tmp_path, _cache_dir):
