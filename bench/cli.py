@@ -361,7 +361,7 @@ def leaderboard(root: Path = ROOT_OPT, tasks: Optional[str] = TASKS_OPT, algos: 
         raise BenchError("no (algorithm, task) cell has complete runs after filtering")
     df = lb.leaderboard(sm, reps=reps)
     console.print(lb.rich_table(df))
-    csv_path, md_path = lb.write_leaderboard(df, out or root)
+    csv_path, md_path = lb.write_leaderboard(df, out or root, tasks=lb.per_task_table(records, sm, last))
     console.print(f"wrote {csv_path} and {md_path}")
 
 

@@ -190,6 +190,43 @@ def leaderboard(sm: ScoreMatrices, reps: int = DEFAULT_REPS, seed: int = DEFAULT
     return pd.DataFrame(rows, columns=cols)
 
 
+def per_task_table(records, sm: ScoreMatrices, last_n: int = 1) -> pd.DataFrame:
+    """One row per (task, algorithm) of the leaderboard's runs (the same seeds): the score before and after
+    fine-tuning (mean and std over seeds), the raw return, and per-run env steps, wall and CPU seconds."""
+    by_key = {(r.algo, r.task, r.seed): r for r in records}
+    rows = []
+    for t in sm.tasks:
+        for a in sm.scores:
+            runs = [by_key[(a, t, s)] for s in sm.seeds[a][t] if (a, t, s) in by_key]
+            pre = np.array([r.pretrained_score() for r in runs])
+            fin = np.array([r.final_score(last_n) for r in runs])
+
+            def per_run(key):
+                vals = [r.summary.get(key) for r in runs]
+                return float(np.mean(vals)) if vals and None not in vals else float("nan")
+
+            rows.append({"task": t, "algorithm": a, "seeds": ",".join(str(r.seed) for r in runs),
+                         "pretrained_score": pre.mean(), "pretrained_score_std": pre.std(),
+                         "final_score": fin.mean(), "final_score_std": fin.std(),
+                         "pretrained_return": per_run("pretrained_return"), "final_return": per_run("final_return"),
+                         "env_steps_per_run": per_run("env_steps"), "wall_s_per_run": per_run("wall_s"),
+                         "cpu_s_per_run": per_run("cpu_s")})
+    return pd.DataFrame(rows)
+
+
+def per_task_markdown(df: pd.DataFrame) -> str:
+    cols = ["task", "algorithm", "seeds", "pre-trained score", "final score", "pre-trained return", "final return",
+            "env steps / run", "wall s / run", "CPU s / run"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        cells = [r["task"], r["algorithm"], r["seeds"], f"{r['pretrained_score']:.3f} ± {r['pretrained_score_std']:.3f}",
+                 f"{r['final_score']:.3f} ± {r['final_score_std']:.3f}", f"{r['pretrained_return']:.1f}",
+                 f"{r['final_return']:.1f}", f"{r['env_steps_per_run']:,.0f}", f"{r['wall_s_per_run']:.0f}",
+                 "–" if not np.isfinite(r["cpu_s_per_run"]) else f"{r['cpu_s_per_run']:.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v: float, lo: float | None = None, hi: float | None = None) -> str:
     if v is None or not np.isfinite(v):
         return "–"
@@ -222,15 +259,22 @@ def to_markdown(df: pd.DataFrame, baseline: str = "dppo") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(df: pd.DataFrame, out_dir, baseline: str = "dppo") -> tuple[Path, Path]:
-    """Write `leaderboard.csv` (raw numbers) and `leaderboard.md` into `out_dir`, atomically."""
+def write_leaderboard(df: pd.DataFrame, out_dir, baseline: str = "dppo",
+                      tasks: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """Write `leaderboard.csv` (raw numbers) and `leaderboard.md` into `out_dir`, atomically; with `tasks`
+    (`per_task_table`) also `leaderboard_tasks.csv` and a per-task section in the Markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "leaderboard.csv", out_dir / "leaderboard.md"
     atomic_write_text(csv_path, df.to_csv(index=False))
     note = ("Scores: Gym = D4RL-normalised score / 100 (1.0 = expert); robomimic/furniture = success rate. "
             "Point estimates with stratified-bootstrap 95% CIs (rliable). Optimality gap: lower is better.\n\n")
-    atomic_write_text(md_path, "# Leaderboard\n\n" + note + to_markdown(df, baseline))
+    md = "# Leaderboard\n\n" + note + to_markdown(df, baseline)
+    if tasks is not None:
+        atomic_write_text(out_dir / "leaderboard_tasks.csv", tasks.to_csv(index=False))
+        md += ("\n## Per task\n\nScores as above, mean ± std over seeds; returns are means; the CPU time is the "
+               "run process's own (not async env workers').\n\n" + per_task_markdown(tasks))
+    atomic_write_text(md_path, md)
     return csv_path, md_path
 
 

@@ -238,3 +238,24 @@ def test_write_leaderboard_and_tables(board, tmp_path):
     console = Console(record=True, width=250)
     console.print(table)
     assert "robomimic" in console.export_text()
+
+
+def test_per_task_table_means_over_the_same_seeds(tmp_path):
+    # summaries carry the per-run wall/CPU seconds; the table averages them over the leaderboard's seeds
+    root = make_store(tmp_path / "res", {("dppo", "hopper"): [0.8, 0.6], ("ppo", "hopper"): [0.5, 0.7]})
+    for algo, walls in (("dppo", (100.0, 300.0)), ("ppo", (50.0, 70.0))):
+        for seed, wall in enumerate(walls):
+            p = root / "runs" / "hopper" / algo / f"seed{seed}" / "summary.json"
+            p.write_text(json.dumps(json.loads(p.read_text()) | {"wall_s": wall, "cpu_s": wall / 2,
+                                                                 "final_return": 1000.0 * (seed + 1)}))
+    records, _ = scan_runs(root)
+    sm = lb.score_matrices(records)
+    t = lb.per_task_table(records, sm).set_index("algorithm")
+    # dppo: finals 0.8, 0.6 -> mean 0.7, population std 0.1; pre-trained 0.25 both; wall (100+300)/2 = 200
+    assert t.loc["dppo", "final_score"] == pytest.approx(0.7) and t.loc["dppo", "final_score_std"] == pytest.approx(0.1)
+    assert t.loc["dppo", "pretrained_score"] == pytest.approx(0.25) and t.loc["dppo", "seeds"] == "0,1"
+    assert t.loc["dppo", "wall_s_per_run"] == 200 and t.loc["dppo", "cpu_s_per_run"] == 100
+    assert t.loc["ppo", "final_return"] == 1500 and t.loc["ppo", "env_steps_per_run"] == 10_000
+    md = lb.write_leaderboard(lb.leaderboard(sm, reps=REPS), tmp_path / "out", tasks=t.reset_index())[1].read_text()
+    assert "## Per task" in md and "| hopper | dppo | 0,1 | 0.250 ± 0.000 | 0.700 ± 0.100 |" in md
+    assert (tmp_path / "out" / "leaderboard_tasks.csv").exists()
