@@ -31,7 +31,7 @@ import torch
 from algorithms.base import AlgoContext, Rollout
 from algorithms.diffusion import DiffusionPolicy
 from algorithms.drwr import DiffusionRegression, normalized_exp_weights
-from algorithms.networks import ValueCritic
+from algorithms.networks import ValueCritic, check_residual_mlp
 from algorithms.offpolicy import transitions_from_rollout
 from algorithms.ppo import gae, warmup_cosine_lr
 from algorithms.registry import register_algorithm
@@ -126,6 +126,7 @@ class DAWR(DiffusionRegression):
 
     @classmethod
     def check_config(cls, cfg: DAWRConfig) -> None:
+        check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
         for name in ("buffer_steps", "batch_size", "critic_update_ratio"):
             if getattr(cfg, name) < 1:
                 raise BenchError(f"algo.{name} must be >= 1, got {getattr(cfg, name)}")

@@ -22,7 +22,7 @@ import torch
 
 from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
 from algorithms.diffusion import ChainPlan, DenoisingChain, DiffusionPolicy, clipped_randn, eval_std
-from algorithms.networks import ValueCritic
+from algorithms.networks import ValueCritic, check_residual_mlp
 from algorithms.ppo import (RunningRewardScaler, clipped_surrogate, denoising_clip_schedule, minibatches,
                             ppo_step, rollout_advantages, set_warmup_cosine_lrs, update_summary, value_loss)
 from algorithms.registry import register_algorithm
@@ -101,6 +101,10 @@ class DPPO(Algorithm):
                   "square": {"algo.batch_size": 10_000},
                   "transport": {"algo.batch_size": 10_000, "algo.update_epochs": 5, "algo.min_sampling_std": 0.08}},
     }
+
+    @classmethod
+    def check_config(cls, cfg: DPPOConfig) -> None:
+        check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
 
     def __init__(self, cfg: DPPOConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
         super().__init__(cfg, ctx, pretrained)

@@ -33,7 +33,7 @@ import torch
 
 from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
 from algorithms.gaussian import GaussianPolicy
-from algorithms.networks import ValueCritic
+from algorithms.networks import ValueCritic, check_residual_mlp
 from algorithms.ppo import (RunningRewardScaler, clipped_surrogate, minibatches, ppo_step, rollout_advantages,
                             set_warmup_cosine_lrs, update_summary, value_loss)
 from algorithms.registry import register_algorithm
@@ -123,6 +123,7 @@ class GaussianPPO(Algorithm):
 
     @classmethod
     def check_config(cls, cfg: GaussianPPOConfig) -> None:
+        check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
         if not 0 < cfg.std_min <= cfg.std_max or (cfg.std_init is not None and cfg.std_init <= 0):
             raise BenchError(f"need 0 < algo.std_min <= algo.std_max and algo.std_init > 0, got {cfg.std_min}, "
                              f"{cfg.std_max}, {cfg.std_init}")

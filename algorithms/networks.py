@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
+from bench.errors import BenchError
+
 ACTIVATIONS = {"ReLU": nn.ReLU, "Mish": nn.Mish, "GELU": nn.GELU, "Tanh": nn.Tanh, "ELU": nn.ELU}
 
 
@@ -25,6 +27,14 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return x + self.l2(self.act(self.l1(self.act(x))))
+
+
+def check_residual_mlp(hidden: tuple[int, ...], residual: bool, residual_key: str, hidden_key: str) -> None:
+    """A one-line config error (BenchError, naming the keys) unless a residual MLP has equal hidden widths
+    and an odd layer count (see `mlp`)."""
+    if residual and (len(set(hidden)) != 1 or len(hidden) % 2 != 1):
+        raise BenchError(f"a residual MLP needs equal hidden widths and an odd layer count, got {list(hidden)}; "
+                         f"set {residual_key}=false or change {hidden_key}")
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act: str, residual: bool) -> nn.Sequential:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from algorithms.base import Rollout
 from algorithms.diffusion import DenoisingChain, clipped_randn, eval_std
-from algorithms.networks import mlp
+from algorithms.networks import check_residual_mlp, mlp
 from bench.errors import BenchError
 
 TRANSITION_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated")
@@ -162,6 +162,7 @@ def check_replay_config(cfg) -> None:
             raise BenchError(f"algo.{name} must be >= 1, got {getattr(cfg, name)}")
     if not cfg.replay_ratio > 0:
         raise BenchError(f"algo.replay_ratio must be > 0, got {cfg.replay_ratio}")
+    check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
     tau = getattr(cfg, "target_tau", None)
     if tau is not None and not 0 < tau <= 1:
         raise BenchError(f"algo.target_tau must be in (0, 1], got {tau}")

@@ -24,7 +24,7 @@ import torch
 
 from algorithms.diffusion import DiffusionPolicy
 from algorithms.gaussian import GaussianPolicy, GMMPolicy
-from algorithms.networks import DenoisingMLP
+from algorithms.networks import DenoisingMLP, check_residual_mlp
 from bench.config import PretrainConfig, apply_overrides, flatten
 from bench.errors import BenchError
 from bench.store import atomic_torch_save
@@ -66,12 +66,11 @@ def check_architecture(kind: str, cfg: PretrainConfig) -> None:
     """BenchError for an unknown kind or bad values in its architecture section."""
     check_policy_kind(kind)
     if kind == "diffusion":
+        check_residual_mlp(tuple(cfg.hidden_dims), cfg.residual, "pretrain.residual", "pretrain.hidden_dims")
         return
     arch = architecture(kind, cfg)
-    hidden = arch["hidden_dims"]
-    if arch["residual"] and (len(set(hidden)) != 1 or len(hidden) % 2 != 1):
-        raise BenchError(f"a residual {kind} MLP needs equal hidden widths and an odd layer count, got "
-                         f"{hidden}; set pretrain.{kind}.residual=false or pretrain.{kind}.hidden_dims")
+    check_residual_mlp(arch["hidden_dims"], arch["residual"], f"pretrain.{kind}.residual",
+                       f"pretrain.{kind}.hidden_dims")
     if arch["fixed_std"] <= 0:
         raise BenchError(f"pretrain.{kind}.fixed_std must be positive, got {arch['fixed_std']}")
     if kind == "gmm" and arch["n_modes"] < 1:

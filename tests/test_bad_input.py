@@ -133,7 +133,8 @@ def test_algorithm_config_errors_come_before_any_data_or_pretraining(cli, tmp_pa
     # an unusable algorithm value is a one-line error when the config is composed: nothing made or written
     monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "cache"))
     for algo, bad in (("idql", "algo.expectile=1.5"), ("dipo", "algo.batch_size=0"),
-                      ("gaussian_ppo", "algo.std_min=0")):
+                      ("gaussian_ppo", "algo.std_min=0"), ("dppo", "algo.critic_hidden=[64,64]"),
+                      ("dawr", "pretrain.hidden_dims=[64,64]")):
         code, _, err = cli("run", "--algo", algo, "--task", "hopper", "--out", tmp_path / "out", "--set", bad)
-        assert code != 0 and "algo." in err and len(err.strip().splitlines()) == 1, err
+        assert code != 0 and bad.split("=")[0] in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -325,7 +325,7 @@ def test_parse_then_build():
 def test_to_dict_round_trip(preset):
     cfg = build_run_config("hopper", "dppo", 5, preset,
                            {"algo.target_kl": "0.02", "env.max_episode_steps": "100", "pretrain.denoised_clip": "none",
-                            "algo.critic_hidden": "32,32"})
+                            "algo.critic_hidden": "32,32,32"})
     d = to_dict(cfg)
     assert d["pretrain"]["hidden_dims"] == list(cfg.pretrain.hidden_dims)  # JSON-ready
     back = run_config_from_dict(d)
