@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-TIMING = ["wall_s", "rollout_s", "update_s", "env_steps_per_s", "eval_s"]
+TIMING = ["wall_s", "cpu_s", "rollout_s", "update_s", "env_steps_per_s", "eval_s"]
 
 
 def run_dir(out, task="hopper", algo="dppo", seed=0):
