@@ -209,6 +209,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "eval.n_episodes": 20, "eval.n_envs": 10, "data.n_demos": 100,
                       "pretrain.hidden_dims": (256, 256, 256), "pretrain.n_updates": 5_000,
                       "pretrain.ema_start": 500},
+        # 5k updates leave Can at 0% (20 episodes, seed 0); 50k give 40%, an imperfect start like the paper's
+        "can": {"pretrain.n_updates": 50_000},
     },
     "paper": {
         "gym": {"env.n_envs": 40, "train.n_iterations": 1000, "train.n_steps": 500, "eval.every": 10,
