@@ -300,8 +300,10 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
     else:
         algo.load_state_dict(state["algo"])
         set_rng_state(state["rng"])
-        tracker.load_state_dict(state["tracker"])
-        obs = env_restore(env, state["env"], obs)
+        restored_obs = env_restore(env, state["env"])
+        if restored_obs is not None:  # else the envs were reset: their unfinished episodes are not counted
+            obs = restored_obs
+            tracker.load_state_dict(state["tracker"])
         start_itr, env_steps, wall_before = state["iteration"], state["env_steps"], state["wall_s"]
         rows, evals = state["metrics"], state["evals"]
         log(f"resuming {rdir} at iteration {start_itr}")
@@ -409,10 +411,11 @@ def _find_time_limit(e):
     return None
 
 
-def env_restore(env: TaskVectorEnv, snap: dict, obs_after_reset: np.ndarray) -> np.ndarray:
+def env_restore(env: TaskVectorEnv, snap: dict) -> np.ndarray | None:
+    """Restores the envs' exact states and returns their observations; None where that is not possible."""
     inner = getattr(env.env, "envs", None)
     if snap.get("envs") is None or inner is None or len(inner) != len(snap["envs"]):
-        return obs_after_reset  # cannot restore exactly: continue from freshly reset envs
+        return None
     for e, s in zip(inner, snap["envs"]):
         u = e.unwrapped
         u.set_state(s["qpos"], s["qvel"])

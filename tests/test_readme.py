@@ -11,4 +11,4 @@ def test_ci_runs_the_readme_test_command():
           if l and not l.startswith(("#", "set ", "cd ", "command -v"))]
     head = "\n".join(readme[:15])
     assert ci[-1] in head, "the README's test command and .ci/run differ"
-    assert "bench run --algo dppo --task hopper" in head
+    assert "bench run --algo dppo --task lift" in head
