@@ -210,8 +210,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "pretrain.hidden_dims": (256, 256, 256), "pretrain.n_updates": 5_000,
                       "pretrain.ema_start": 500},
         # Imperfect starts, like the paper's early checkpoints (deterministic success, seed 0): Lift is at 80%
-        # after 5k updates and 65% after 3k (0% after 2k); Can at 0% after 5k and 40% after 50k. Lift, the
-        # main job, evaluates 50 episodes (as the paper) so that its gain is not within evaluation noise.
+        # after 5k updates (20 episodes), 56% after 3k (50 episodes) and 0% after 2k; Can at 0% after 5k and
+        # 40% after 50k. Lift, the main job, evaluates 50 episodes (as the paper): with 20 the evaluation
+        # noise (~0.1) was as large as the gain.
         "lift": {"pretrain.n_updates": 3_000, "train.n_iterations": 50, "eval.every": 25, "eval.n_episodes": 50},
         "can": {"pretrain.n_updates": 50_000},
     },

@@ -140,6 +140,36 @@ def test_async_vector_env_gives_the_same_run(smoke_run, tmp_path, cli):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_env_restore_is_exact_for_sync_envs_and_refused_for_worker_processes():
+    """A resumed run continues the checkpointed episodes only where the env states can be restored; with
+    worker processes (async) env_restore says so (None), and the run neither reuses the old observations
+    nor counts the abandoned episodes' partial returns."""
+    from bench.runner import env_restore, env_snapshot
+    from envs.tasks import get_task
+    from envs.vector import Normalizer, TaskVectorEnv
+
+    task = get_task("hopper")
+    norm = Normalizer(*(np.full(d, v, np.float32) for d, v in
+                        ((task.obs_dim, -10), (task.obs_dim, 10), (task.act_dim, -1), (task.act_dim, 1))))
+    chunk = np.zeros((2, task.act_steps, task.act_dim), np.float32)
+    for vector, restorable in (("sync", True), ("async", False)):
+        a, b = (TaskVectorEnv(task, 2, task.act_steps, norm, vector=vector) for _ in range(2))
+        try:
+            a.reset(seed=0)
+            obs = a.step(chunk).obs
+            snap = env_snapshot(a, obs)
+            b.reset(seed=1)
+            restored = env_restore(b, snap)
+            if not restorable:
+                assert restored is None
+                continue
+            np.testing.assert_array_equal(restored, obs)
+            np.testing.assert_array_equal(a.step(chunk).obs, b.step(chunk).obs)
+        finally:
+            a.env.close()
+            b.env.close()
+
+
 def test_resume_with_a_different_config_is_refused(smoke_run, tmp_path, cli):
     import shutil
 
