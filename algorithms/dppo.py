@@ -83,6 +83,11 @@ class DPPO(Algorithm):
         "robomimic": {"algo.gamma": 0.999, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 2,
                       "algo.actor_lr": 1e-4, "algo.actor_lr_min": 1e-4, "algo.update_epochs": 10,
                       "algo.batch_size": 7500},
+        # method.md section 4: K = 100 fine-tuned through 5 DDIM steps, std floor 0.04 for sampling
+        "furniture": {"algo.gamma": 0.999, "algo.clip": 0.001, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 1,
+                      "algo.actor_lr": 1e-5, "algo.actor_lr_min": 1e-6, "algo.update_epochs": 5,
+                      "algo.batch_size": 8800, "algo.gamma_denoising": 0.9, "algo.min_sampling_std": 0.04,
+                      "algo.use_ddim": True, "algo.ddim_steps": 5, "algo.ft_denoising_steps": 5},
         # tiny test tasks (learning checks): larger steps than the paper's, to learn in seconds
         "test": {"algo.clip": 0.2, "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3, "algo.lr_warmup_itr": 0,
                  "algo.batch_size": 500, "algo.update_epochs": 10},
@@ -91,13 +96,17 @@ class DPPO(Algorithm):
         "smoke": {"gym": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.ft_denoising_steps": 5,
                           "algo.lr_warmup_itr": 0},
                   "robomimic": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.ft_denoising_steps": 5,
-                                "algo.lr_warmup_itr": 0, "algo.n_critic_warmup_itr": 1}},
+                                "algo.lr_warmup_itr": 0, "algo.n_critic_warmup_itr": 1},
+                  "furniture": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0,
+                                "algo.ddim_steps": 5}},
         "small": {"gym": {"algo.batch_size": 2500, "algo.update_epochs": 5, "algo.lr_warmup_itr": 2},
                   "robomimic": {"algo.batch_size": 2500, "algo.update_epochs": 10, "algo.lr_warmup_itr": 2},
+                  "furniture": {"algo.batch_size": 2200, "algo.lr_warmup_itr": 2},
                   "test": {"train.n_steps": 20}},
         # robomimic: method.md section 4; Transport's sampling-std floor 0.08 as in DPPO's transport config
         "paper": {"gym": {"algo.batch_size": 50_000, "algo.update_epochs": 5},
                   "robomimic": {"algo.batch_size": 7500, "algo.update_epochs": 10},
+                  "furniture": {"algo.batch_size": 8800, "algo.update_epochs": 5},
                   "square": {"algo.batch_size": 10_000},
                   "transport": {"algo.batch_size": 10_000, "algo.update_epochs": 5, "algo.min_sampling_std": 0.08}},
     }

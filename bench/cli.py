@@ -80,12 +80,14 @@ def run(algo: str = typer.Option("dppo", "--algo", help="algorithm name (see `be
         set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
         out: Path = typer.Option(Path("results"), "--out", help="results root"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
-        quiet: bool = typer.Option(False, "--quiet", help="no live progress")):
+        quiet: bool = typer.Option(False, "--quiet", help="no live progress"),
+        sim: Optional[str] = typer.Option(None, "--sim", help="furniture tasks: mujoco (default) | isaacgym "
+                                                              "(the original simulator; same as --set env.sim=...)")):
     """Pre-train (cached) and fine-tune one seeded run; write results under OUT/runs/TASK/ALGO/seedN."""
     from bench.progress import RunProgress
     from bench.runner import run as run_fn
 
-    cfg = _config(task, algo, seed, preset, set_)
+    cfg = _config(task, algo, seed, preset, (set_ or []) + ([f"env.sim={sim}"] if sim else []))
     progress = None if quiet else RunProgress(err_console, f"{algo}/{task}/seed{seed}")
     pre_bar = None if quiet else _pretrain_progress()
     try:
@@ -167,13 +169,14 @@ def eval_(path: Path = typer.Argument(..., help="a run directory or a checkpoint
 def data_make(task: str = typer.Argument(...), n_transitions: Optional[int] = typer.Option(None, "--n-transitions",
               help="Gym/test tasks; default: the preset's data.n_transitions"),
               n_demos: Optional[int] = typer.Option(None, "--n-demos",
-                                                    help="robomimic tasks: successful demos (default: the preset's data.n_demos)"),
+                                                    help="robomimic and furniture tasks: successful demos (default: the preset's data.n_demos)"),
               quality: Optional[str] = typer.Option(None, "--quality",
-                                                    help="robomimic tasks: ph | mh | better | okay | worse (default: the preset's)"),
+                                                    help="robomimic: ph | mh | better | okay | worse; furniture: ph | mh (default: the preset's)"),
               preset: str = typer.Option("small", "--preset"),
               seed: int = typer.Option(0, "--seed"), force: bool = typer.Option(False, "--force")):
     """Make a task's built-in dataset (cached, checksummed): Gym rolls out the shipped behaviour policy into
-    a D4RL-format 'medium' dataset; robomimic rolls out scripted experts into robomimic's hdf5 layout."""
+    a D4RL-format 'medium' dataset; robomimic and furniture roll out scripted experts into robomimic's hdf5
+    layout."""
     import inspect
 
     from envs.datasets import load_dataset, make_builtin_dataset
@@ -197,7 +200,7 @@ def data_make(task: str = typer.Argument(...), n_transitions: Optional[int] = ty
                       f"{(ends - starts).mean():.0f}), return mean {r.mean():.2f}, checksum {ds.checksum[:16]}")
         return
     if n_demos is not None or quality is not None:
-        raise BenchError(f"--n-demos and --quality apply to robomimic tasks, not {task!r}")
+        raise BenchError(f"--n-demos and --quality apply to robomimic and furniture tasks, not {task!r}")
     n = cfg.data.n_transitions
     if n <= 0:
         raise BenchError(f"--n-transitions must be positive, got {n}")
@@ -206,6 +209,15 @@ def data_make(task: str = typer.Argument(...), n_transitions: Optional[int] = ty
     r = ds.episode_returns()
     console.print(f"{path}\n{len(ds.observations)} transitions, {len(r)} episodes, return mean {r.mean():.1f} "
                   f"(min {r.min():.1f}, max {r.max():.1f}), checksum {ds.checksum[:16]}")
+
+
+@data_app.command("assets")
+def data_assets(wheel: Optional[Path] = typer.Option(None, "--wheel", help="a downloaded "
+                                                     "furniture_bench-0.1-py3-none-any.whl (default: pip download)")):
+    """Get the Furniture-Bench meshes (furniture-bench 0.1 wheel, MIT licence) into the cache, checksummed."""
+    from envs.furniture_assets import ensure_assets
+
+    console.print(str(ensure_assets(wheel, log=err_console.print)))
 
 
 @data_app.command("train-behavior")

@@ -132,6 +132,8 @@ def make_env(cfg: RunConfig, norm: Normalizer, n_envs: int) -> TaskVectorEnv:
     env_kwargs = dataset_env_kwargs(cfg.task, cfg.data.source)
     if env_kwargs:  # build the envs the way the data's env was built
         task = dataclasses.replace(task, make_env=functools.partial(task.make_env, env_kwargs=env_kwargs))
+    if cfg.env.sim != "mujoco":
+        task = dataclasses.replace(task, make_env=functools.partial(task.make_env, sim=cfg.env.sim))
     return TaskVectorEnv(task, n_envs, cfg.env.act_steps or task.act_steps, norm, cfg.env.max_episode_steps,
                          cfg.env.vector)
 

@@ -251,7 +251,11 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
     elif source.endswith((".hdf5", ".h5")):
         from envs.robomimic_data import is_robomimic_hdf5, load_robomimic_hdf5
 
-        if is_robomimic_hdf5(source):
+        if is_robomimic_hdf5(source) and task.suite == "furniture":
+            from envs.furniture_data import load_furniture_hdf5
+
+            ds = load_furniture_hdf5(source, task_name, data.filter_key if data else None)
+        elif is_robomimic_hdf5(source):
             ds = load_robomimic_hdf5(source, task_name, data.filter_key if data else None)
             dataset_env_kwargs(task_name, source, log)  # check now that its env can be rebuilt
         else:
@@ -266,7 +270,9 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
 def dataset_env_kwargs(task_name: str, source: str, log=None) -> dict:
     """Env settings a dataset file prescribes (a robomimic file's env_args: robot, controller, control
     frequency), for the task's env factory; {} for every other source."""
-    if source.endswith((".hdf5", ".h5")):
+    from envs.tasks import get_task
+
+    if source.endswith((".hdf5", ".h5")) and get_task(task_name).suite != "furniture":
         from envs.robomimic_data import env_kwargs_from_file, is_robomimic_hdf5
 
         if is_robomimic_hdf5(source):

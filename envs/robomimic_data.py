@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -305,12 +306,13 @@ def rollout_demo(task_name: str, seed: int, index: int, quality: str) -> tuple[D
 
 
 def _rollout_job(args):
-    return rollout_demo(*args)
+    return args[0](*args[1:])
 
 
 def make_expert_demos(task_name: str, n_demos: int, quality: str, seed: int, n_workers: int | None = None,
-                      log=print) -> tuple[list[Demo], int, int]:
+                      log=print, rollout=rollout_demo) -> tuple[list[Demo], int, int]:
     """The first `n_demos` successful demos by index, how many attempts that took, and their env steps.
+    `rollout(task_name, seed, index, quality) -> (Demo, success)` makes one (a module-level function).
 
     Demos are rolled out in `n_workers` processes (default: one per core; in-process for a few demos),
     in rounds sized by the success rate so far. Which demos are kept does not depend on the rounds."""
@@ -327,7 +329,7 @@ def make_expert_demos(task_name: str, n_demos: int, quality: str, seed: int, n_w
                 raise BenchError(f"the {task_name} expert succeeded in {len(kept)} of {attempts} demos; "
                                  f"cannot make {n_demos} successful demos")
             batch = max(workers, int(np.ceil((n_demos - len(kept)) / max(rate, 0.05) * 1.1)))
-            jobs = [(task_name, seed, attempts + i, quality) for i in range(batch)]
+            jobs = [(rollout, task_name, seed, attempts + i, quality) for i in range(batch)]
             for demo, success in (pool.imap(_rollout_job, jobs) if pool else map(_rollout_job, jobs)):
                 attempts += 1
                 env_steps += len(demo)
@@ -357,20 +359,30 @@ def robomimic_masks(demos: list[Demo], seed: int) -> dict[str, list[str]]:
     return {k: v for k, v in masks.items() if v}
 
 
-def make_builtin_robomimic(task_name: str, n_demos: int, quality: str, seed: int, log=print,
-                           n_workers: int | None = None) -> Path:
+@dataclass(frozen=True)
+class DemoSuite:
+    """How a suite's built-in demo files are named, rolled out, described and loaded."""
+
+    path: Callable  # (task_name, n_demos, quality, seed) -> Path
+    rollout: Callable  # module-level (task_name, seed, index, quality) -> (Demo, success)
+    env_args: Callable  # task_name -> the file's env_args
+    load: Callable  # (path, task_name, filter_key=None) -> TransitionDataset
+
+
+def make_builtin_demos(suite: DemoSuite, task_name: str, n_demos: int, quality: str, seed: int, log=print,
+                       n_workers: int | None = None) -> Path:
     """Roll out the scripted expert into a robomimic-layout file with a checksum sidecar."""
-    path = builtin_path(task_name, n_demos, quality, seed)
+    path = suite.path(task_name, n_demos, quality, seed)
     tag = path.stem.rsplit("-", 1)[-1]  # the experts' source as the run started
     t0 = time.time()
-    demos, attempts, env_steps = make_expert_demos(task_name, n_demos, quality, seed, n_workers, log)
+    demos, attempts, env_steps = make_expert_demos(task_name, n_demos, quality, seed, n_workers, log, suite.rollout)
     wall = time.time() - t0
     lengths = np.array([len(d) for d in demos])
     attrs = {"task": task_name, "quality": quality, "seed": seed, "n_demos": n_demos, "attempts": attempts,
              "expert_success_rate": n_demos / attempts, "expert_tag": tag, "data_version": DATA_VERSION,
              "mean_length": float(lengths.mean())}
-    write_robomimic_hdf5(path, demos, _env_args(task_name), robomimic_masks(demos, seed), attrs)
-    ds = load_robomimic_hdf5(path, task_name)
+    write_robomimic_hdf5(path, demos, suite.env_args(task_name), robomimic_masks(demos, seed), attrs)
+    ds = suite.load(path, task_name)
     atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum, n_transitions=len(ds.actions),
                                                       env_steps=env_steps, wall_s=wall))
     log(f"wrote {path}: {n_demos} successful demos of {attempts} attempts (expert success rate "
@@ -379,20 +391,33 @@ def make_builtin_robomimic(task_name: str, n_demos: int, quality: str, seed: int
     return path
 
 
-def builtin_robomimic_dataset(task_name: str, data, make_missing: bool, log, force: bool = False) -> TransitionDataset:
-    """The TaskSpec.builtin_dataset hook: made on first use (or with `force`), checksum-verified, then
+def builtin_demo_dataset(suite: DemoSuite, task_name: str, data, make_missing: bool, log,
+                         force: bool = False) -> TransitionDataset:
+    """A TaskSpec.builtin_dataset hook: made on first use (or with `force`), checksum-verified, then
     filtered by `data.filter_key`."""
     if data.n_demos < 1:
         raise BenchError(f"data.n_demos must be positive, got {data.n_demos}")
-    path = builtin_path(task_name, data.n_demos, data.demo_quality, data.seed)
+    path = suite.path(task_name, data.n_demos, data.demo_quality, data.seed)
     if force or not path.exists():
         if not make_missing:
             raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
-        make_builtin_robomimic(task_name, data.n_demos, data.demo_quality, data.seed, log)
-    ds = load_robomimic_hdf5(path, task_name)
+        make_builtin_demos(suite, task_name, data.n_demos, data.demo_quality, data.seed, log)
+    ds = suite.load(path, task_name)
     meta = path.with_suffix(".json")
     expected = json.loads(meta.read_text()).get("checksum") if meta.exists() else None
     if expected and expected != ds.checksum:
         raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
                          f"`bench data make {task_name} --force`")
-    return load_robomimic_hdf5(path, task_name, data.filter_key) if data.filter_key else ds
+    return suite.load(path, task_name, data.filter_key) if data.filter_key else ds
+
+
+ROBOMIMIC = DemoSuite(builtin_path, rollout_demo, _env_args, load_robomimic_hdf5)
+
+
+def make_builtin_robomimic(task_name: str, n_demos: int, quality: str, seed: int, log=print,
+                           n_workers: int | None = None) -> Path:
+    return make_builtin_demos(ROBOMIMIC, task_name, n_demos, quality, seed, log, n_workers)
+
+
+def builtin_robomimic_dataset(task_name: str, data, make_missing: bool, log, force: bool = False) -> TransitionDataset:
+    return builtin_demo_dataset(ROBOMIMIC, task_name, data, make_missing, log, force)

@@ -69,6 +69,7 @@ def list_tasks() -> list[TaskSpec]:
 
 def _load_builtin_tasks() -> None:
     # Importing a suite module registers its tasks; imports are cheap (no simulator is built).
+    import envs.furniture_tasks  # noqa: F401
     import envs.gym_tasks  # noqa: F401
     import envs.robomimic_tasks  # noqa: F401
     import envs.test_tasks  # noqa: F401

@@ -1,0 +1,28 @@
+"""Furniture-Bench tasks, MuJoCo re-implementation (`envs.furniture_sim`): one_leg at low and med
+randomness. The chunking is DPPO's MLP variant for furniture (Tp = Ta = 8; the paper's UNet used 16/8)."""
+
+from __future__ import annotations
+
+from envs.tasks import TaskSpec, register_task
+
+
+def make_env(env_id: str, max_episode_steps: int, sim: str = "mujoco"):
+    from envs.furniture_sim import make_furniture_env
+
+    return make_furniture_env(env_id, max_episode_steps, sim)
+
+
+def _builtin_dataset(task_name, data, make_missing, log, force=False):
+    from envs.furniture_data import builtin_dataset
+
+    return builtin_dataset(task_name, data, make_missing, log, force)
+
+
+for _randomness in ("low", "med"):
+    register_task(TaskSpec(
+        name=f"one_leg_{_randomness}", suite="furniture", env_id=f"one_leg_{_randomness}", obs_dim=58, act_dim=10,
+        max_episode_steps=700, horizon_steps=8, act_steps=8, metric="success_rate", make_env=make_env,
+        builtin_dataset=_builtin_dataset,
+        description=f"MuJoCo re-implementation of Furniture-Bench one_leg ({_randomness} randomness): Panda, "
+                    f"absolute ee pose via diff IK at 10 Hz, sparse assembly reward",
+    ))
