@@ -228,9 +228,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "lift": {"pretrain.n_updates": 3_000, "train.n_iterations": 50, "eval.every": 25, "eval.n_episodes": 50},
         "can": {"pretrain.n_updates": 50_000},
         # CPU-sized (2 cores): one 700-step episode per env per iteration (7040 env steps), 50 mh demos.
-        # Pre-trained one_leg succeeds in 0 of 10 episodes at 10k and at 50k updates (256x3; also 0 with 200
-        # demos, with "ph" demos, and 512x3 at 100k updates): behaviour cloning this long a task needs the
-        # paper's budget, so this preset measures the pipeline, not a gain (README "Furniture-Bench").
+        # Pre-trained one_leg succeeds in 0 of 10 episodes at 50k updates (256x3; with the expert's first
+        # version also at 10k, with 200 demos, with "ph" demos, and 512x3 at 100k updates): behaviour cloning
+        # this long a task needs the paper's budget, so this preset measures the pipeline, not a gain.
         "furniture": {"env.n_envs": 10, "train.n_iterations": 30, "train.n_steps": 88, "eval.every": 10,
                       "eval.n_episodes": 20, "eval.n_envs": 10, "pretrain.hidden_dims": (256, 256, 256),
                       "pretrain.n_updates": 50_000, "pretrain.ema_start": 500},
