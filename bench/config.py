@@ -416,6 +416,10 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
     algo_cls.check_config(cfg.algo)
     if cfg.env.sim != "mujoco" and spec.suite != "furniture":
         raise BenchError(f"env.sim={cfg.env.sim} is only for furniture tasks; task {task!r} is a {spec.suite} task")
+    if cfg.env.sim == "isaacgym":  # before any data or pre-training is made for a run that cannot start
+        from envs.furniture_isaacgym import check_installed
+
+        check_installed()
     return cfg
 
 

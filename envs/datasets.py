@@ -251,12 +251,8 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
     elif source.endswith((".hdf5", ".h5")):
         from envs.robomimic_data import is_robomimic_hdf5, load_robomimic_hdf5
 
-        if is_robomimic_hdf5(source) and task.suite == "furniture":
-            from envs.furniture_data import load_furniture_hdf5
-
-            ds = load_furniture_hdf5(source, task_name, data.filter_key if data else None)
-        elif is_robomimic_hdf5(source):
-            ds = load_robomimic_hdf5(source, task_name, data.filter_key if data else None)
+        if is_robomimic_hdf5(source):
+            ds = (task.demo_file_loader or load_robomimic_hdf5)(source, task_name, data.filter_key if data else None)
             dataset_env_kwargs(task_name, source, log)  # check now that its env can be rebuilt
         else:
             ds = load_d4rl_hdf5(source)
@@ -272,7 +268,8 @@ def dataset_env_kwargs(task_name: str, source: str, log=None) -> dict:
     frequency), for the task's env factory; {} for every other source."""
     from envs.tasks import get_task
 
-    if source.endswith((".hdf5", ".h5")) and get_task(task_name).suite != "furniture":
+    # robomimic files record robosuite kwargs; other suites' files (furniture) record their task only
+    if source.endswith((".hdf5", ".h5")) and get_task(task_name).demo_file_loader is None:
         from envs.robomimic_data import env_kwargs_from_file, is_robomimic_hdf5
 
         if is_robomimic_hdf5(source):

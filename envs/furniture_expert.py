@@ -15,7 +15,7 @@ import numpy as np
 
 from envs.furniture_sim import (
     HOLES, LEG_HALF, P_ROBOT_APRIL, PEG_LENGTH, R_ROBOT_APRIL, ROBOT_BASE, SEAT_Y, TOP_HALF, FurnitureSimEnv,
-    rot6d_from_mat, rotation_error,
+    axis_angle_mat, rot6d_from_mat, rotation_error,
 )
 
 TABLE_Z = -0.015  # table surface in the robot base frame
@@ -77,20 +77,13 @@ class OneLegExpert:
         """Target a step from the ee's current pose toward (pos, rot), at teleoperation speed; True once
         the ee is there. Stepping from the observed pose (not from the last target) keeps the action a
         function of the observation and the phase, which is what behaviour cloning can learn."""
-        import mujoco
-
         ee_pos, ee_rot = self.env.ee_pose()
         step = pos - ee_pos
         n = np.linalg.norm(step)
         self.pos = ee_pos + (step * MAX_STEP_M / n if n > MAX_STEP_M else step)
         err = rotation_error(rot, ee_rot)
         a = np.linalg.norm(err)
-        self.rot = ee_rot
-        if a > 1e-9:
-            q, m = np.empty(4), np.empty(9)
-            mujoco.mju_axisAngle2Quat(q, err / a, min(a, MAX_STEP_RAD))
-            mujoco.mju_quat2Mat(m, q)
-            self.rot = m.reshape(3, 3) @ ee_rot
+        self.rot = axis_angle_mat(err / a, min(a, MAX_STEP_RAD)) @ ee_rot if a > 1e-9 else ee_rot
         self.grip = grip
         return n < 0.008 and a < 0.08
 
@@ -218,17 +211,9 @@ def _face_yaw(yaw: float) -> float:
 
 def axis_rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The smallest rotation taking unit vector a onto unit vector b."""
-    import mujoco
-
     axis = np.cross(a, b)
     n = np.linalg.norm(axis)
-    angle = np.arctan2(n, a @ b)
-    if n < 1e-9:
-        return np.eye(3)
-    q, m = np.empty(4), np.empty(9)
-    mujoco.mju_axisAngle2Quat(q, axis / n, angle)
-    mujoco.mju_quat2Mat(m, q)
-    return m.reshape(3, 3)
+    return axis_angle_mat(axis / n, np.arctan2(n, a @ b)) if n > 1e-9 else np.eye(3)
 
 
 def leg_grasp_rot(leg_axis: np.ndarray) -> np.ndarray:

@@ -17,14 +17,21 @@ OBS_KEYS = ["robot_state/ee_pos", "robot_state/ee_quat", "robot_state/ee_pos_vel
             "robot_state/gripper_width", "parts_poses"]
 
 
+def check_installed() -> None:
+    """A one-line error unless isaacgym, furniture_bench and gym are importable (checked without importing)."""
+    import importlib.util
+
+    missing = [m for m in ("isaacgym", "furniture_bench", "gym") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BenchError(f"--sim isaacgym needs NVIDIA isaacgym and the furniture-bench fork installed (missing: "
+                         f"{', '.join(missing)}); the default --sim mujoco needs neither")
+
+
 def make_isaacgym_env(furniture: str, randomness: str, max_episode_steps: int) -> gym.Env:
-    try:
-        import isaacgym  # noqa: F401  (must be imported before torch inside furniture_bench)
-        import furniture_bench  # noqa: F401
-        import gym as old_gym
-    except ImportError as e:
-        raise BenchError(f"--sim isaacgym needs NVIDIA isaacgym and the furniture-bench fork installed ({e}); "
-                         f"the default --sim mujoco needs neither") from None
+    check_installed()
+    import isaacgym  # noqa: F401  (must be imported before torch inside furniture_bench)
+    import furniture_bench  # noqa: F401
+    import gym as old_gym
     env = old_gym.make("FurnitureSim-v0", furniture=furniture, num_envs=1, obs_keys=OBS_KEYS, headless=True,
                        max_env_steps=max_episode_steps, randomness=randomness, act_rot_repr="rot_6d",
                        ctrl_mode="diffik", action_type="pos", concat_robot_state=True, np_step_out=True,

@@ -36,10 +36,12 @@ Differences from the IsaacGym original, by design (README "Furniture-Bench"):
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 # --- geometry (metres), in each part's own frame; measured from the furniture-bench 0.1 meshes ---------
@@ -129,16 +131,12 @@ def rot_mat(angles) -> np.ndarray:
 
 
 def mat_to_quat_wxyz(r: np.ndarray) -> np.ndarray:
-    import mujoco
-
     q = np.empty(4)
     mujoco.mju_mat2Quat(q, np.ascontiguousarray(r, dtype=np.float64).reshape(9))
     return q
 
 
 def quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
-    import mujoco
-
     m = np.empty(9)
     mujoco.mju_quat2Mat(m, np.asarray(q, dtype=np.float64))
     return m.reshape(3, 3)
@@ -169,10 +167,16 @@ def quat_xyzw_rot6d(q) -> np.ndarray:
     return rot6d_from_mat(quat_wxyz_to_mat(np.array([w, x, y, z])))
 
 
+def axis_angle_mat(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation by `angle` about unit `axis`."""
+    q, m = np.empty(4), np.empty(9)
+    mujoco.mju_axisAngle2Quat(q, np.asarray(axis, np.float64), float(angle))
+    mujoco.mju_quat2Mat(m, q)
+    return m.reshape(3, 3)
+
+
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     """Axis-angle vector (world) rotating `current` onto `target`."""
-    import mujoco
-
     q = np.empty(4)
     mujoco.mju_mat2Quat(q, np.ascontiguousarray(target @ current.T).reshape(9))
     v = np.empty(3)
@@ -212,8 +216,6 @@ def _robosuite_assets() -> Path:
 
 
 def _box(body, half, pos=(0, 0, 0), contype=3, conaffinity=3, density=None, rgba=(0.8, 0.7, 0.5, 1)):
-    import mujoco
-
     g = body.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=list(half), pos=list(pos), rgba=list(rgba))
     g.contype, g.conaffinity, g.friction = contype, conaffinity, [FRICTION, 0.005, 0.0001]
     if density is not None:
@@ -223,8 +225,6 @@ def _box(body, half, pos=(0, 0, 0), contype=3, conaffinity=3, density=None, rgba
 
 def build_model(furniture: Furniture = ONE_LEG, visual_meshes: bool = False):
     """The scene as an MjModel. Collision groups: the top (bit 2) never touches a leg's peg (bit 1)."""
-    import mujoco
-
     spec = mujoco.MjSpec()
     spec.option.timestep = TIMESTEP
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
@@ -262,8 +262,6 @@ def build_model(furniture: Furniture = ONE_LEG, visual_meshes: bool = False):
 
 
 def _add_panda(spec, world) -> None:
-    import mujoco
-
     root = _robosuite_assets()
     robot = mujoco.MjSpec.from_file(str(root / "robots/panda/robot.xml"))
     gripper = mujoco.MjSpec.from_file(str(root / "grippers/panda_gripper.xml"))
@@ -307,10 +305,6 @@ def _route_mujoco_warnings() -> None:
     """MuJoCo's default warning handler writes MUJOCO_LOG.TXT into the working directory. Its Newton
     solver warns "linesearch objective is not convex" now and then with elliptic friction cones (it then
     falls back, harmlessly); send warnings to logging instead, unless the user installed a handler."""
-    import logging
-
-    import mujoco
-
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(lambda msg: logging.getLogger(__name__).debug("MuJoCo warning: %s", msg))
 
@@ -322,8 +316,6 @@ class FurnitureSimEnv(gym.Env):
 
     def __init__(self, furniture: Furniture = ONE_LEG, randomness: str = "low",
                  max_episode_steps: int | None = None, visual_meshes: bool = False):
-        import mujoco
-
         if randomness not in RANDOMNESS:
             raise ValueError(f"unknown randomness {randomness!r}; valid: {', '.join(RANDOMNESS)}")
         self.furniture, self.randomness = furniture, RANDOMNESS[randomness]
@@ -371,8 +363,6 @@ class FurnitureSimEnv(gym.Env):
         return world_to_april(self.data.xpos[self._obstacle], self.data.xmat[self._obstacle].reshape(3, 3))
 
     def _obs(self) -> np.ndarray:
-        import mujoco
-
         pos, rot = self.ee_pose()
         vel = np.zeros(6)
         mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._ee_site, vel, 0)
@@ -382,8 +372,6 @@ class FurnitureSimEnv(gym.Env):
 
     # -- reset ------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options=None):
-        import mujoco
-
         super().reset(seed=seed)
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -417,13 +405,10 @@ class FurnitureSimEnv(gym.Env):
         self._t = 0
         self.assembled = set()
         self.thread = None
-        self._target = self.ee_pose()
         return self._obs(), {"success": False}
 
     # -- control ----------------------------------------------------------------------------------------
     def _ik(self, target_pos: np.ndarray, target_rot: np.ndarray) -> np.ndarray:
-        import mujoco
-
         m, d = self.model, self.data
         pos, rot = self.ee_pose()
         err = np.concatenate([target_pos - pos, rotation_error(target_rot, rot)])
@@ -440,8 +425,6 @@ class FurnitureSimEnv(gym.Env):
         return np.clip(q + dq, lo + 0.05, hi - 0.05)  # stay off the joint limits, where IK would stall
 
     def step(self, action):
-        import mujoco
-
         a = np.asarray(action, np.float64)
         target_pos = np.clip(a[:3], POSITION_LIMITS[:, 0], POSITION_LIMITS[:, 1])
         target_rot = mat_from_rot6d(a[3:9])
@@ -508,8 +491,6 @@ class FurnitureSimEnv(gym.Env):
         d.qpos[qa:qa + 3] = top_p + top_r @ rel_pos
         d.qpos[qa + 3:qa + 7] = mat_to_quat_wxyz(top_r @ rel_rot)
         d.qvel[va:va + 6] = 0.0  # the thread's friction holds the leg still unless something turns it
-        import mujoco
-
         mujoco.mj_kinematics(self.model, d)
 
 

@@ -12,6 +12,12 @@ def make_env(env_id: str, max_episode_steps: int, sim: str = "mujoco"):
     return make_furniture_env(env_id, max_episode_steps, sim)
 
 
+def _load_demo_file(path, task_name, filter_key=None):
+    from envs.furniture_data import load_furniture_hdf5
+
+    return load_furniture_hdf5(path, task_name, filter_key)
+
+
 def _builtin_dataset(task_name, data, make_missing, log, force=False):
     from envs.furniture_data import builtin_dataset
 
@@ -22,7 +28,7 @@ for _randomness in ("low", "med"):
     register_task(TaskSpec(
         name=f"one_leg_{_randomness}", suite="furniture", env_id=f"one_leg_{_randomness}", obs_dim=58, act_dim=10,
         max_episode_steps=700, horizon_steps=8, act_steps=8, metric="success_rate", make_env=make_env,
-        builtin_dataset=_builtin_dataset,
+        builtin_dataset=_builtin_dataset, demo_file_loader=_load_demo_file,
         description=f"MuJoCo re-implementation of Furniture-Bench one_leg ({_randomness} randomness): Panda, "
                     f"absolute ee pose via diff IK at 10 Hz, sparse assembly reward",
     ))

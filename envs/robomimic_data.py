@@ -413,11 +413,3 @@ def builtin_demo_dataset(suite: DemoSuite, task_name: str, data, make_missing: b
 
 ROBOMIMIC = DemoSuite(builtin_path, rollout_demo, _env_args, load_robomimic_hdf5)
 
-
-def make_builtin_robomimic(task_name: str, n_demos: int, quality: str, seed: int, log=print,
-                           n_workers: int | None = None) -> Path:
-    return make_builtin_demos(ROBOMIMIC, task_name, n_demos, quality, seed, log, n_workers)
-
-
-def builtin_robomimic_dataset(task_name: str, data, make_missing: bool, log, force: bool = False) -> TransitionDataset:
-    return builtin_demo_dataset(ROBOMIMIC, task_name, data, make_missing, log, force)

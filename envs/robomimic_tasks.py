@@ -159,9 +159,9 @@ def make_robomimic_env(env_id: str, max_episode_steps: int, env_kwargs: dict | N
 
 
 def _builtin_dataset(task_name, data, make_missing, log, force=False):
-    from envs.robomimic_data import builtin_robomimic_dataset
+    from envs.robomimic_data import ROBOMIMIC, builtin_demo_dataset
 
-    return builtin_robomimic_dataset(task_name, data, make_missing, log, force)
+    return builtin_demo_dataset(ROBOMIMIC, task_name, data, make_missing, log, force)
 
 
 for _name, _env_id, _obs, _act, _horizon, _chunk in [

@@ -30,6 +30,9 @@ class TaskSpec:
     # (task_name, data: DataConfig, make_missing: bool, log) -> TransitionDataset for data.source ==
     # "builtin"; None: roll out the shipped behaviour policy (Gym tasks).
     builtin_dataset: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # (path, task_name, filter_key) -> TransitionDataset for a demo file in robomimic's hdf5 layout;
+    # None: robomimic's own loader (robosuite envs)
+    demo_file_loader: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     description: str = ""
 
     def normalized_score(self, episode_return: float) -> float | None:
@@ -42,6 +45,7 @@ class TaskSpec:
         d = dataclasses.asdict(self)
         d.pop("make_env")
         d.pop("builtin_dataset")
+        d.pop("demo_file_loader")
         return d
 
 
