@@ -24,22 +24,28 @@ is cut there like a truncation. The buffer stores the executed chunk clipped to 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from algorithms.base import AlgoContext, Rollout
+from algorithms.base import (
+    ACTOR_CRITIC_LRS,
+    ActorCriticConfig,
+    AlgoContext,
+    Rollout,
+    optimiser_step,
+    raise_if_not_finite,
+)
 from algorithms.diffusion import DiffusionPolicy
 from algorithms.drwr import DiffusionRegression, normalized_exp_weights
 from algorithms.networks import ValueCritic, check_residual_mlp
 from algorithms.offpolicy import transitions_from_rollout
-from algorithms.ppo import gae, warmup_cosine_lr
+from algorithms.ppo import gae
 from algorithms.registry import register_algorithm
-from bench.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass
-class DAWRConfig:
+class DAWRConfig(ActorCriticConfig):
     gamma: float = 0.99
     """discount per chunk"""
     td_lambda: float = 0.95
@@ -57,20 +63,8 @@ class DAWRConfig:
     critic_update_ratio: int = 4
     """one critic step per this many actor steps"""
     n_critic_warmup_itr: int = 0
-    actor_lr: float = 1e-4
-    actor_lr_min: float = 1e-4
-    actor_weight_decay: float = 0.0
-    critic_lr: float = 1e-3
-    critic_lr_min: float = 1e-3
-    critic_weight_decay: float = 0.0
-    lr_warmup_itr: int = 10
-    max_grad_norm: float | None = None
-    """actor gradient-norm clip (None = off)"""
     min_sampling_std: float = 0.1
     randn_clip: float = 3.0
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    critic_activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] = "Mish"
-    critic_residual: bool = True
 
 
 class TrajectoryFIFO:
@@ -78,8 +72,8 @@ class TrajectoryFIFO:
     TD(lambda) can run backwards over them. `ended` marks where a trajectory stops (termination,
     truncation, or a break in continuity); `next_obs` is then the true next observation to bootstrap from."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+    def __init__(self, capacity: int, device: torch.device):
+        self.capacity, self.device = capacity, device
         self.data: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -99,30 +93,16 @@ class TrajectoryFIFO:
     def state_dict(self) -> dict:
         return {k: v.clone() for k, v in self.data.items()}
 
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.data = {k: v.to(device) for k, v in state.items()}
+    def load_state_dict(self, state: dict) -> None:
+        self.data = {k: v.to(self.device) for k, v in state.items()}
 
 
 @register_algorithm("dawr")
 class DAWR(DiffusionRegression):
     Config = DAWRConfig
     policy_kind = "diffusion"
-    suite_defaults = {
-        "robomimic": {"algo.gamma": 0.999, "algo.actor_lr": 1e-5, "algo.actor_lr_min": 1e-5,
-                      "algo.reward_scale": 1.0, "algo.buffer_steps": 3000, "algo.n_critic_warmup_itr": 2},
-    }
-    presets = {
-        "smoke": {"gym": {"algo.batch_size": 64, "algo.replay_ratio": 16, "algo.buffer_steps": 16,
-                          "algo.lr_warmup_itr": 0},
-                  "test": {"algo.batch_size": 32, "algo.replay_ratio": 8, "algo.buffer_steps": 10,
-                           "algo.lr_warmup_itr": 0}},
-        "small": {"gym": {"algo.batch_size": 1000, "algo.replay_ratio": 16, "algo.buffer_steps": 1250},
-                  "test": {"algo.batch_size": 100, "algo.replay_ratio": 64, "algo.buffer_steps": 50,
-                           "algo.reward_scale": 1.0, "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3,
-                           "algo.lr_warmup_itr": 0}},
-        "paper": {"gym": {"algo.batch_size": 1000, "algo.replay_ratio": 64, "algo.buffer_steps": 5000},
-                  "robomimic": {"algo.batch_size": 1000, "algo.replay_ratio": 64, "algo.buffer_steps": 3000}},
-    }
+    lr_schedules = ACTOR_CRITIC_LRS
+    state_parts = ("policy.network", "critic", "actor_opt", "critic_opt", "buffer")
 
     @classmethod
     def check_config(cls, cfg: DAWRConfig) -> None:
@@ -137,7 +117,7 @@ class DAWR(DiffusionRegression):
                                   cfg.critic_residual).to(ctx.device)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
                                             weight_decay=cfg.critic_weight_decay)
-        self.buffer = TrajectoryFIFO(cfg.buffer_steps)
+        self.buffer = TrajectoryFIFO(cfg.buffer_steps, ctx.device)
 
     @torch.no_grad()
     def td_lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,16 +133,8 @@ class DAWR(DiffusionRegression):
         adv = gae(d["rewards"] * cfg.reward_scale, values, next_values, d["ended"], cfg.gamma, cfg.td_lambda)
         return values + cfg.td_alpha * adv, values
 
-    def _set_lrs(self, iteration: int) -> None:
-        cfg, n = self.cfg, self.ctx.n_iterations
-        for opt, lr, lr_min in ((self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                                (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)):
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine_lr(iteration, lr, lr_min, cfg.lr_warmup_itr, n)
-
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
+    def learn(self, ro: Rollout, iteration: int) -> dict[str, float]:
         cfg, dev = self.cfg, ro.obs.device
-        self._set_lrs(iteration)
         self.buffer.add(ro, ro.extras["actions"])
         obs = self.buffer.data["obs"].flatten(0, 1)
         chunks = self.buffer.data["actions"].flatten(0, 1)
@@ -174,9 +146,7 @@ class DAWR(DiffusionRegression):
         for _ in range(n_actor // cfg.critic_update_ratio):
             idx = torch.randint(0, size, (cfg.batch_size,), device=dev)
             v_loss = ((self.critic(obs[idx]) - targets[idx]) ** 2).mean()
-            self.critic_opt.zero_grad(set_to_none=True)
-            v_loss.backward()
-            self.critic_opt.step()
+            optimiser_step(self.critic_opt, v_loss)
             v_losses.append(v_loss.detach())
 
         targets, values = (x.flatten() for x in self.td_lambda())
@@ -197,16 +167,5 @@ class DAWR(DiffusionRegression):
             stats.update(loss=float(torch.stack(losses).mean()), capped_frac=float(torch.stack(capped).mean()))
         var_t = targets.var()
         stats["explained_variance"] = float(1 - (targets - values).var() / var_t) if var_t > 0 else float("nan")
+        raise_if_not_finite({k: stats[k] for k in ("v_loss", "loss") if k in stats}, "DAWR", iteration)
         return stats
-
-    def state_dict(self) -> dict:
-        return {"network": self.policy.network.state_dict(), "critic": self.critic.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.network.load_state_dict(state["network"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.buffer.load_state_dict(state["buffer"], self.ctx.device)

@@ -11,6 +11,7 @@ Shapes: x is an action chunk (B, Tp, Da) in normalised action space; obs is (B, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -142,15 +143,36 @@ class DiffusionPolicy(nn.Module):
                deterministic: bool = False, randn_clip: float | None = 3.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Run the whole reverse chain with this network (used for pre-trained evaluation and BC)."""
-        chain = chain or self.ddpm
-        b, dev = obs.shape[0], obs.device
-        x = clipped_randn((b, self.horizon_steps, self.act_dim), randn_clip, generator, dev)
+        return sample_chain(self.network, chain or self.ddpm, obs, min_std, randn_clip, generator,
+                            deterministic=deterministic)
+
+
+def sample_chain(network: nn.Module | Callable[[int], nn.Module], chain: DenoisingChain, obs: torch.Tensor,
+                 min_std: float = 0.0, randn_clip: float | None = 3.0, generator: torch.Generator | None = None,
+                 keep_grad: bool = False, deterministic: bool = False,
+                 on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Run every step of `chain` (B, Tp, Da); `network` is the epsilon network, or a function of the chain
+    position giving the one for that step (DPPO: frozen, then fine-tuned). Stochastic steps draw
+    x_next = mean + max(std, `min_std`) z and tell `on_step(i, x, mean, x_next)`; `deterministic` uses
+    DPPO's evaluation noise (`eval_std`). z is clipped to +-`randn_clip`. `keep_grad` keeps the autograd
+    graph through all steps (the noise itself carries no gradient)."""
+    network_at = network if not isinstance(network, nn.Module) else (lambda i: network)
+    with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
+        b, dev, first = obs.shape[0], obs.device, network_at(0)
+        x = clipped_randn((b, first.horizon_steps, first.act_dim), randn_clip, generator, dev)
         for i in range(len(chain)):
-            pos = torch.tensor(i, device=dev)
-            eps = self.network(x, chain.timesteps[i].expand(b), obs)
-            mean = chain.mean(pos, x, eps)
-            std = eval_std(chain, i) if deterministic else chain.std[i].clamp(min=min_std)
-            x = mean + std * clipped_randn(x.shape, randn_clip, generator, dev) if std > 0 else mean
+            eps = network_at(i)(x, chain.timesteps[i].expand(b), obs)
+            mean = chain.mean(torch.tensor(i, device=dev), x, eps)
+            if deterministic:
+                std = eval_std(chain, i)
+                x = mean + std * clipped_randn(x.shape, randn_clip, generator, dev) if std > 0 else mean
+                continue
+            # always drawn, even where the std is 0 (a DDIM chain's last step with min_std 0), so the
+            # number of draws per chunk does not depend on the schedule
+            x_next = mean + chain.std[i].clamp(min=min_std) * clipped_randn(x.shape, randn_clip, generator, dev)
+            if on_step is not None:
+                on_step(i, x, mean, x_next)
+            x = x_next
         return x
 
 

@@ -41,14 +41,17 @@ import copy
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
-from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
+from algorithms.base import ActOutput, AlgoContext, optimiser_step
 from algorithms.diffusion import DiffusionPolicy
-from algorithms.offpolicy import (OffPolicyConfig, ReplayBuffer, TwinQ, check_replay_config, replay_steps,
-                                  soft_update, transitions_from_rollout, twin_q_td_loss)
-from algorithms.ppo import warmup_cosine_lr
+from algorithms.offpolicy import (
+    OffPolicyAlgorithm,
+    OffPolicyConfig,
+    ReplayBuffer,
+    TwinQ,
+    soft_update,
+)
 from algorithms.registry import register_algorithm
 
 
@@ -90,54 +93,11 @@ def improve_actions(critic, obs: torch.Tensor, actions: torch.Tensor, steps: int
     return a.detach()
 
 
-_SMOKE = {"algo.batch_size": 16, "algo.replay_ratio": 4, "algo.n_critic_warmup_itr": 1, "algo.lr_warmup_itr": 0,
-          "algo.critic_hidden": (32, 32, 32)}
-
-
 @register_algorithm("dipo")
-class DIPO(Algorithm):
+class DIPO(OffPolicyAlgorithm):
     Config = DIPOConfig
     policy_kind = "diffusion"
-    suite_defaults = {
-        # cfg/robomimic/finetune/*/ft_dipo_diffusion_mlp.yaml (n_critic_warmup_itr is 5 on Lift, 2 elsewhere)
-        "robomimic": {"algo.gamma": 0.999, "algo.reward_scale": 1.0, "algo.replay_ratio": 16,
-                      "algo.actor_lr": 1e-5, "algo.actor_lr_min": 1e-5, "algo.n_critic_warmup_itr": 2},
-    }
-    presets = {
-        "smoke": {"gym": _SMOKE, "robomimic": _SMOKE, "test": _SMOKE},
-        # gym: under 4 minutes on one CPU thread (201 s CPU on hopper; the updates dominate: 11 per
-        # iteration of 256 samples, each with 10 action-gradient steps; 60k env steps); the other
-        # algorithm values are the paper's
-        "small": {"gym": {"train.n_steps": 25, "algo.batch_size": 256, "algo.replay_ratio": 12,
-                          "algo.lr_warmup_itr": 0},
-                  "robomimic": {"algo.batch_size": 256, "algo.lr_warmup_itr": 0},
-                  # point_reach in seconds: 375 critic-only steps first (the critic's action gradient is
-                  # anti-correlated with the true one early on: fast actions go with far goals), then a
-                  # short, strong action ascent (5 steps of 3e-2) cloned at lr 1e-3
-                  "test": {"train.n_iterations": 6, "train.n_steps": 40, "algo.n_critic_warmup_itr": 3,
-                           "algo.batch_size": 128, "algo.replay_ratio": 40, "algo.buffer_size": 1600,
-                           "algo.action_lr": 3e-2, "algo.action_gradient_steps": 5, "algo.lr_warmup_itr": 0,
-                           "algo.critic_hidden": (64, 64, 64), "algo.gamma": 0.9, "algo.reward_scale": 0.1,
-                           "algo.actor_lr": 1e-3, "algo.actor_lr_min": 1e-3},
-                  # on top of "test": the narrow reward needs the paper's critic width, reward scale 1 and
-                  # all the data (the critic's action gradient agrees with the true one after ~1000 steps on
-                  # 1600+ transitions; 64 units or a 1600-row buffer stay near chance); improvements kept in
-                  # their own column compound without corrupting Q (write-back into the executed actions:
-                  # 8.6 -> 16.7; discarding them: no gain); the fast-moving actor acts (its Polyak average
-                  # lags a 3e-3 learning rate)
-                  "bimodal_bandit": {"train.n_iterations": 7, "algo.replay_ratio": 80, "algo.buffer_size": 1_000_000,
-                                     "algo.critic_hidden": (256, 256, 256), "algo.reward_scale": 1.0,
-                                     "algo.write_back": "separate", "algo.act_with_target_actor": False,
-                                     "algo.actor_lr": 3e-3, "algo.actor_lr_min": 3e-3}},
-        # The Config and suite defaults are the original's; the harness's paper preset has the Gym budget
-        # (40 envs x 500 chunks x 1000 iterations) and the robomimic n_steps. The original DIPO ran 300
-        # iterations on robomimic (1000 on Transport, with its own sampling std and lr floor).
-        "paper": {"gym": {}, "robomimic": {"train.n_iterations": 300},
-                  "lift": {"algo.n_critic_warmup_itr": 5},
-                  "transport": {"train.n_iterations": 1000, "algo.min_sampling_std": 0.08, "algo.actor_lr_min": 1e-6}},
-    }
-
-    check_config = staticmethod(check_replay_config)
+    state_parts = ("actor", "actor_target", "critic", "critic_target", "actor_opt", "critic_opt", "buffer")
 
     def __init__(self, cfg: DIPOConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
         super().__init__(cfg, ctx, pretrained)
@@ -154,7 +114,6 @@ class DIPO(Algorithm):
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.obs_dim, (ctx.horizon_steps, ctx.act_dim), dev,
                                    improved_actions=cfg.write_back == "separate")
         self.action_grad_max_norm = cfg.action_grad_norm_coef * ta * ctx.act_dim
-        self._set_lrs(0)
 
     def _sample(self, policy: DiffusionPolicy, obs: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -168,73 +127,29 @@ class DIPO(Algorithm):
         actions = self._sample(policy, obs, deterministic, generator)
         return ActOutput(actions, {} if deterministic else {"actions": actions})
 
-    def _set_lrs(self, iteration: int) -> None:
-        cfg, n = self.cfg, self.ctx.n_iterations
-        for opt, lr, lr_min in ((self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                                (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)):
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine_lr(iteration, lr, lr_min, cfg.lr_warmup_itr, n)
+    def critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """1. the critic on a uniform batch, next actions from the target actor."""
+        with torch.no_grad():
+            next_actions = self._sample(self.actor_target, batch["next_obs"])
+        return self.twin_q_step(batch, next_actions, self.critic_target)
 
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
+    def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, ta = self.cfg, self.ctx.act_steps
-        self._set_lrs(iteration)
-        self.buffer.add(transitions_from_rollout(ro, ro.extras["actions"]))
-        n_updates = replay_steps(ro.rewards.numel(), cfg.batch_size, cfg.replay_ratio)
-        update_actor = iteration >= cfg.n_critic_warmup_itr
-        critic_losses, actor_losses, action_shift = [], [], []
-        for _ in range(n_updates):
-            # 1. critic on a uniform batch, next actions from the target actor
-            batch = self.buffer.sample(cfg.batch_size)
-            with torch.no_grad():
-                next_actions = self._sample(self.actor_target, batch["next_obs"])
-            critic_loss = twin_q_td_loss(self.critic, self.critic_target, batch, next_actions, cfg.gamma,
-                                         cfg.reward_scale, ta)
-            self.critic_opt.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_opt.step()
-            critic_losses.append(critic_loss.item())
+        # 2. improve another batch's executed actions on min(Q1, Q2); write them back into the buffer
+        batch = self.buffer.sample(cfg.batch_size)
+        key = "improved_actions" if cfg.write_back == "separate" else "actions"
+        improved = batch[key].clone()
+        improved[:, :ta] = improve_actions(self.critic, batch["obs"], improved[:, :ta], cfg.action_gradient_steps,
+                                           cfg.action_lr, self.action_grad_max_norm, cfg.action_adam_eps)
+        if cfg.write_back != "none":
+            self.buffer.set_actions(batch["index"], improved, key)
+        action_shift = (improved - batch[key])[:, :ta].abs().mean().item()
+        # 3. behaviour-clone the improved chunks with the diffusion loss
+        actor_loss = self.actor.loss(improved, batch["obs"])
+        optimiser_step(self.actor_opt, actor_loss, self.actor.parameters(), cfg.max_grad_norm)
+        return {"actor_loss": actor_loss.item(), "action_shift": action_shift}
 
-            if update_actor:
-                # 2. improve another batch's executed actions on min(Q1, Q2); write them back into the buffer
-                batch = self.buffer.sample(cfg.batch_size)
-                key = "improved_actions" if cfg.write_back == "separate" else "actions"
-                improved = batch[key].clone()
-                improved[:, :ta] = improve_actions(self.critic, batch["obs"], improved[:, :ta],
-                                                   cfg.action_gradient_steps, cfg.action_lr,
-                                                   self.action_grad_max_norm, cfg.action_adam_eps)
-                if cfg.write_back != "none":
-                    self.buffer.set_actions(batch["index"], improved, key)
-                action_shift.append((improved - batch[key])[:, :ta].abs().mean().item())
-                # 3. behaviour-clone the improved chunks with the diffusion loss
-                actor_loss = self.actor.loss(improved, batch["obs"])
-                self.actor_opt.zero_grad(set_to_none=True)
-                actor_loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-                self.actor_opt.step()
-                actor_losses.append(actor_loss.item())
-
-            # 4. targets
-            soft_update(self.critic_target, self.critic, cfg.target_tau)
-            soft_update(self.actor_target, self.actor, cfg.target_tau)
-        out = {"critic_loss": float(np.mean(critic_losses)), "gradient_steps": float(n_updates),
-               "buffer_size": float(len(self.buffer)), "actor_updated": float(update_actor),
-               "actor_lr": self.actor_opt.param_groups[0]["lr"], "critic_lr": self.critic_opt.param_groups[0]["lr"]}
-        if actor_losses:
-            out.update(actor_loss=float(np.mean(actor_losses)), action_shift=float(np.mean(action_shift)))
-        return out
-
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "actor_target": self.actor_target.state_dict(),
-                "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.buffer.load_state_dict(state["buffer"])
+    def update_targets(self) -> None:
+        # 4. targets
+        soft_update(self.critic_target, self.critic, self.cfg.target_tau)
+        soft_update(self.actor_target, self.actor, self.cfg.target_tau)

@@ -26,15 +26,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
+from algorithms.base import (
+    ActOutput,
+    AlgoContext,
+    Algorithm,
+    Rollout,
+    optimiser_step,
+    raise_if_not_finite,
+)
 from algorithms.diffusion import DiffusionPolicy
-from algorithms.ppo import gae, warmup_cosine_lr
+from algorithms.ppo import gae, minibatches
 from algorithms.registry import register_algorithm
-from bench.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass
@@ -90,15 +97,10 @@ class DiffusionRegression(Algorithm):
         return ActOutput(x) if deterministic else ActOutput(x, {"actions": x.clamp(-1.0, 1.0)})
 
     def weighted_bc_step(self, chunks: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """One AdamW step on mean_b w_b * diffusion-MSE_b; returns the (detached) loss."""
+        """One AdamW step on mean_b w_b * diffusion-MSE_b; returns the (detached) loss, checked by the caller
+        once per update (no host sync per step)."""
         loss = (weights * self.policy.loss(chunks, obs, reduction="none")).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name.upper()} actor loss became {loss.item()}")
-        self.actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.network.parameters(), self.cfg.max_grad_norm)
-        self.actor_opt.step()
+        optimiser_step(self.actor_opt, loss, self.policy.network.parameters(), self.cfg.max_grad_norm)
         return loss.detach()
 
 
@@ -106,18 +108,8 @@ class DiffusionRegression(Algorithm):
 class DRWR(DiffusionRegression):
     Config = DRWRConfig
     policy_kind = "diffusion"
-    suite_defaults = {
-        "robomimic": {"algo.gamma": 0.999, "algo.lr": 1e-5, "algo.lr_min": 1e-5, "algo.weight_decay": 1e-6},
-    }
-    presets = {
-        "smoke": {"gym": {"algo.batch_size": 64, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0},
-                  "test": {"algo.batch_size": 32, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0}},
-        "small": {"gym": {"algo.batch_size": 1000, "algo.update_epochs": 16},
-                  "test": {"algo.batch_size": 100, "algo.update_epochs": 16, "algo.lr_warmup_itr": 0,
-                           "algo.lr": 1e-3, "algo.lr_min": 1e-3, "train.n_steps": 20}},
-        "paper": {"gym": {"algo.batch_size": 1000, "algo.update_epochs": 16},
-                  "robomimic": {"algo.batch_size": 1000, "algo.update_epochs": 16}},
-    }
+    lr_schedules: ClassVar = {"actor_opt": ("lr", "lr_min")}
+    state_parts = ("policy.network", "actor_opt", "held", "last_next_obs")
 
     @classmethod
     def check_config(cls, cfg: DRWRConfig) -> None:
@@ -160,10 +152,8 @@ class DRWR(DiffusionRegression):
         use = win["waiting"] & complete
         return win["obs"][use], win["actions"][use], returns[use]
 
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
+    def learn(self, ro: Rollout, iteration: int) -> dict[str, float]:
         cfg = self.cfg
-        for g in self.actor_opt.param_groups:
-            g["lr"] = warmup_cosine_lr(iteration, cfg.lr, cfg.lr_min, cfg.lr_warmup_itr, self.ctx.n_iterations)
         obs, chunks, returns = self._samples(ro)
         n = returns.numel()
         stats = {"samples": float(n), "held_back": float(self.held["waiting"].sum()),
@@ -171,25 +161,10 @@ class DRWR(DiffusionRegression):
         if n == 0:  # no episode ended yet: nothing has a return
             return stats
         weights = normalized_exp_weights(returns, cfg.beta, cfg.max_weight, eps=1e-3, unbiased=False)
-        mb = min(cfg.batch_size, n)
-        losses = []
-        for _ in range(cfg.update_epochs):
-            perm = torch.randperm(n, device=returns.device)
-            for start in range(0, n - mb + 1, mb):
-                idx = perm[start: start + mb]
-                losses.append(self.weighted_bc_step(chunks[idx], obs[idx], weights[idx]))
+        losses = [self.weighted_bc_step(chunks[idx], obs[idx], weights[idx])
+                  for idx in minibatches(n, cfg.batch_size, cfg.update_epochs, returns.device)]
         stats.update(loss=float(torch.stack(losses).mean()), return_mean=float(returns.mean()),
                      weight_mean=float(weights.mean()), weight_max=float(weights.max()),
                      capped_frac=float((weights >= cfg.max_weight).float().mean()))
+        raise_if_not_finite({"loss": stats["loss"]}, "DRWR", iteration)
         return stats
-
-    def state_dict(self) -> dict:
-        return {"network": self.policy.network.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "held": {k: v.clone() for k, v in self.held.items()}, "last_next_obs": self.last_next_obs}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.network.load_state_dict(state["network"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.held = {k: v.to(self.ctx.device) for k, v in state["held"].items()}
-        last = state["last_next_obs"]
-        self.last_next_obs = None if last is None else last.to(self.ctx.device)

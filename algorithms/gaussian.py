@@ -23,15 +23,53 @@ Shapes: obs (B, obs_dim); action chunks (B, Tp, Da).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.diffusion import clipped_randn
-from algorithms.networks import mlp
+from algorithms.networks import Activation, mlp
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class GaussianPolicyConfig:
+    """Architecture of the MLP Gaussian chunk policy (Gaussian PPO's starting point; algorithms/gaussian.py).
+    As in the original robomimic configs, the MLP is by default the diffusion policy's (same widths,
+    activation, residual blocks), so presets size both alike."""
+
+    hidden_dims: tuple[int, ...] | None = None
+    """None: pretrain.hidden_dims"""
+    activation: Activation | None = None
+    """None: pretrain.activation"""
+    residual: bool | None = None
+    """None: pretrain.residual"""
+    std: Literal["fixed", "state"] = "fixed"
+    """'fixed': one std per action dimension, held at fixed_std during pre-training (as the original) and
+    learnable in fine-tuning; 'state': a network head outputs the std per state, in [state_std_min, state_std_max]"""
+    fixed_std: float = 0.1
+    state_std_min: float = 0.01
+    state_std_max: float = 1.0
+
+
+@dataclass
+class GMMPolicyConfig:
+    """Architecture of the MLP Gaussian-mixture chunk policy (GMM PPO's starting point; algorithms/gaussian.py);
+    the MLPs default to the diffusion policy's, as for the Gaussian policy."""
+
+    hidden_dims: tuple[int, ...] | None = None
+    """None: pretrain.hidden_dims"""
+    activation: Activation | None = None
+    """None: pretrain.activation"""
+    residual: bool | None = None
+    """None: pretrain.residual"""
+    n_modes: int = 5
+    fixed_std: float = 0.1
+    """std of every mode during pre-training (learnable in fine-tuning)"""
 
 
 def normal_log_density(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

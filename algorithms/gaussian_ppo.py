@@ -31,17 +31,15 @@ from typing import Literal
 
 import torch
 
-from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
+from algorithms.base import ActorCriticConfig, ActOutput, AlgoContext, Rollout
 from algorithms.gaussian import GaussianPolicy
-from algorithms.networks import ValueCritic, check_residual_mlp
-from algorithms.ppo import (RunningRewardScaler, clipped_surrogate, minibatches, ppo_step, rollout_advantages,
-                            set_warmup_cosine_lrs, update_summary, value_loss)
+from algorithms.ppo import PolicyLoss, PPOAlgorithm, clipped_surrogate
 from algorithms.registry import register_algorithm
-from bench.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass
-class GaussianPPOConfig:
+class GaussianPPOConfig(ActorCriticConfig):
     std_init: float | None = 0.1
     """fine-tuning std at the start, for a fixed-std policy (0.08 Transport, 0.04 furniture); None keeps
     the pre-training std"""
@@ -68,65 +66,22 @@ class GaussianPPOConfig:
     """env steps (chunks) per minibatch"""
     actor_lr: float = 1e-5
     actor_lr_min: float = 1e-5
-    actor_weight_decay: float = 0.0
-    critic_lr: float = 1e-3
-    critic_lr_min: float = 1e-3
-    critic_weight_decay: float = 0.0
-    lr_warmup_itr: int = 10
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     """entropy bonus (of the reduced log-probability's distribution)"""
     clip_vloss: float | None = None
-    max_grad_norm: float | None = None
     target_kl: float | None = 1.0
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    critic_activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] = "Mish"
-    critic_residual: bool = True
-
-
-# Gym: the original's from-scratch Gaussian PPO values (cfg/gym/finetune/*/ppo_gaussian_mlp.yaml; there is no
-# gym fine-tuning config)
-GYM_DEFAULTS = {"algo.gamma": 0.99, "algo.clip": 0.1, "algo.n_critic_warmup_itr": 0, "algo.actor_lr": 1e-4,
-                "algo.actor_lr_min": 1e-4, "algo.batch_size": 1000, "algo.update_epochs": 10}
-# Presets per suite (and per task where the original configs differ), shared by Gaussian and GMM PPO
-PRESETS = {
-    "smoke": {"gym": {"algo.batch_size": 8, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0},
-              "robomimic": {"algo.batch_size": 8, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0,
-                            "algo.n_critic_warmup_itr": 0},
-              "test": {"algo.batch_size": 5, "algo.update_epochs": 1, "algo.lr_warmup_itr": 0,
-                       "algo.n_critic_warmup_itr": 0}},
-    "small": {
-        # gym: 1250 chunks per iteration (the harness small preset) in minibatches of 250
-        "gym": {"algo.batch_size": 250, "algo.update_epochs": 10, "algo.lr_warmup_itr": 2},
-        # robomimic: 750 chunks per iteration
-        "robomimic": {"algo.batch_size": 250, "algo.lr_warmup_itr": 2},
-        # point_reach: 100 chunks per iteration, 15 iterations; a larger actor lr to learn in seconds
-        "test": {"algo.batch_size": 50, "algo.update_epochs": 10, "algo.lr_warmup_itr": 0, "algo.actor_lr": 1e-3,
-                 "algo.actor_lr_min": 1e-3, "algo.gamma": 0.99, "algo.n_critic_warmup_itr": 0},
-    },
-    # The Config and suite defaults are the original values (robomimic: Lift and Can); the original Gaussian
-    # and GMM configs run longer than DPPO's and differ on Square and Transport.
-    "paper": {"gym": {}, "robomimic": {},
-              "lift": {"train.n_iterations": 300}, "can": {"train.n_iterations": 300},
-              "square": {"train.n_iterations": 1000, "algo.batch_size": 10_000},
-              "transport": {"train.n_iterations": 1000, "algo.batch_size": 10_000, "algo.update_epochs": 8,
-                            "algo.actor_lr_min": 1e-6, "algo.std_init": 0.08}},
-}
 
 
 @register_algorithm("gaussian_ppo")
-class GaussianPPO(Algorithm):
+class GaussianPPO(PPOAlgorithm):
     Config = GaussianPPOConfig
     policy_kind = "gaussian"
-    suite_defaults = {"gym": GYM_DEFAULTS}
-    # On the bimodal bandit the pre-trained unimodal Gaussian sits between the two modes, where the reward
-    # is ~0: with clip 0.01 and std 0.1 the learning check's outcome was noise (final score -7 -> -7..23
-    # over seeds and thread counts); the gym clip 0.1 and the widest std 0.2 reach 48-93 on seeds 0-3.
-    presets = {**PRESETS, "small": {**PRESETS["small"], "bimodal_bandit": {"algo.clip": 0.1, "algo.std_init": 0.2}}}
+    extra_stats = ("entropy",)
 
     @classmethod
     def check_config(cls, cfg: GaussianPPOConfig) -> None:
-        check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
+        super().check_config(cfg)
         if not 0 < cfg.std_min <= cfg.std_max or (cfg.std_init is not None and cfg.std_init <= 0):
             raise BenchError(f"need 0 < algo.std_min <= algo.std_max and algo.std_init > 0, got {cfg.std_min}, "
                              f"{cfg.std_max}, {cfg.std_init}")
@@ -137,13 +92,7 @@ class GaussianPPO(Algorithm):
         self.actor_ft = copy.deepcopy(pretrained).to(dev).train()
         if pretrained.log_var is not None:  # a fixed std: fine-tuning's initial value and bounds, learnable
             self.actor_ft.set_std(cfg.std_init, cfg.std_min, cfg.std_max, cfg.learn_std)
-        self.critic = ValueCritic(ctx.obs_dim, cfg.critic_hidden, cfg.critic_activation, cfg.critic_residual).to(dev)
-        self.actor_opt = torch.optim.AdamW(self.actor_ft.parameters(), lr=cfg.actor_lr,
-                                           weight_decay=cfg.actor_weight_decay)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
-                                            weight_decay=cfg.critic_weight_decay)
-        self.reward_scaler = RunningRewardScaler(ctx.n_envs, cfg.gamma, cfg.reward_clip)
-        self._set_lrs(0)
+        self.build_critic()
 
     # ----------------------------------------------------------------------------------------------
     # Acting
@@ -174,70 +123,25 @@ class GaussianPPO(Algorithm):
     # ----------------------------------------------------------------------------------------------
     # Update
 
-    def _set_lrs(self, iteration: int) -> None:
-        cfg = self.cfg
-        set_warmup_cosine_lrs(iteration, self.ctx.n_iterations, cfg.lr_warmup_itr,
-                              [(self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                               (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)])
-
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
-        cfg, dev = self.cfg, ro.obs.device
-        self._set_lrs(iteration)
-        scaler = self.reward_scaler if cfg.reward_scale_running else None
-        adv, returns, values = (x.flatten(0, 1) for x in rollout_advantages(ro, self.critic, scaler, cfg.gamma,
-                                                                             cfg.gae_lambda))
-        obs = ro.obs.flatten(0, 1)
-        actions = ro.extras["actions"].flatten(0, 1)  # (B, Tp, Da)
-        old_logp = ro.extras["logprobs"].flatten(0, 1)  # (B,), reduced and clamped at sampling time
-        update_actor = iteration >= cfg.n_critic_warmup_itr
-        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac",
-                                                         "ratio")}
-        stop = False
-        for idx in minibatches(obs.shape[0], cfg.batch_size, cfg.update_epochs, dev):
-            obs_b = obs[idx]
-            log_ratio = self._logprob(obs_b, actions[idx]) - old_logp[idx]
-            ratio = log_ratio.exp()
-            a = adv[idx]
-            if cfg.norm_adv:
-                a = (a - a.mean()) / (a.std() + 1e-8)
-            pg_loss = clipped_surrogate(a, ratio, cfg.clip).mean()
-            v_loss = value_loss(self.critic(obs_b), returns[idx], values[idx], cfg.clip_vloss)
-            actor_loss = pg_loss
-            if cfg.ent_coef > 0:
-                entropy = self._reduce(self.actor_ft.entropy(obs_b, self.ctx.act_steps)).mean()
-                actor_loss = actor_loss - cfg.ent_coef * entropy
-                stats["entropy"].append(entropy.item())
-            # during critic warm-up the actor is not stepped: skip its backward pass too
-            loss = (actor_loss if update_actor else actor_loss.detach()) + cfg.vf_coef * v_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{self.name} loss became {loss.item()} at iteration {iteration}")
-            ppo_step(loss, self.actor_opt, self.critic_opt, self.actor_ft.parameters(), cfg.max_grad_norm,
-                     update_actor)
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - log_ratio).mean().item()
-                stats["approx_kl"].append(approx_kl)
-                stats["clipfrac"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
-                stats["ratio"].append(ratio.mean().item())
-            stats["pg_loss"].append(pg_loss.item())
-            stats["v_loss"].append(v_loss.item())
-            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
-                stop = True
-                break
-        out = update_summary(stats, returns, values, self.actor_opt, self.critic_opt, update_actor, stop)
-        with torch.no_grad():
-            out["std"] = self.actor_ft.mean_std(obs[:1024])
+    def policy_loss(self, data: dict[str, torch.Tensor], idx: torch.Tensor, adv: torch.Tensor,
+                    update_actor: bool) -> PolicyLoss:
+        cfg, obs_b = self.cfg, data["obs"][idx]
+        # old log-probs were reduced and clamped at sampling time
+        log_ratio = self._logprob(obs_b, data["actions"][idx]) - data["logprobs"][idx]
+        ratio = log_ratio.exp()
+        a = adv[idx]
+        if cfg.norm_adv:
+            a = (a - a.mean()) / (a.std() + 1e-8)
+        pg_loss = clipped_surrogate(a, ratio, cfg.clip).mean()
+        out = PolicyLoss(idx, pg_loss, pg_loss, ratio, log_ratio, cfg.clip)
+        if cfg.ent_coef > 0:
+            entropy = self._reduce(self.actor_ft.entropy(obs_b, self.ctx.act_steps)).mean()
+            out.actor_loss = pg_loss - cfg.ent_coef * entropy
+            out.stats["entropy"] = entropy.item()
         return out
 
-    # ----------------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        return {"actor_ft": self.actor_ft.state_dict(), "critic": self.critic.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "reward_scaler": self.reward_scaler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor_ft.load_state_dict(state["actor_ft"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.reward_scaler.load_state_dict(state["reward_scaler"])
+    def learn(self, ro: Rollout, iteration: int) -> dict[str, float]:
+        out = super().learn(ro, iteration)
+        with torch.no_grad():
+            out["std"] = self.actor_ft.mean_std(ro.obs.flatten(0, 1)[:1024])
+        return out

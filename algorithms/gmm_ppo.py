@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 
 from algorithms.gaussian import GMMPolicy
-from algorithms.gaussian_ppo import GYM_DEFAULTS, PRESETS, GaussianPPO, GaussianPPOConfig
+from algorithms.gaussian_ppo import GaussianPPO, GaussianPPOConfig
 from algorithms.registry import register_algorithm
 
 
@@ -48,8 +48,6 @@ class GMMPPOConfig(GaussianPPOConfig):
 class GMMPPO(GaussianPPO):
     Config = GMMPPOConfig
     policy_kind = "gmm"
-    suite_defaults = {"gym": {**GYM_DEFAULTS, "algo.clip": 0.01}}
-    presets = PRESETS
 
     actor_ft: GMMPolicy
 

@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
-from algorithms.diffusion import DiffusionPolicy
+from algorithms.base import ActOutput, AlgoContext, optimiser_step
+from algorithms.diffusion import DiffusionPolicy, sample_chain
 from algorithms.networks import ValueCritic
-from algorithms.offpolicy import (OffPolicyConfig, ReplayBuffer, TwinQ, check_replay_config, replay_steps,
-                                  sample_chain, soft_update, transitions_from_rollout)
-from algorithms.ppo import set_warmup_cosine_lrs
+from algorithms.offpolicy import (
+    OffPolicyAlgorithm,
+    OffPolicyConfig,
+    ReplayBuffer,
+    TwinQ,
+    check_replay_config,
+    sequential_mean,
+    soft_update,
+)
 from algorithms.registry import register_algorithm
-from bench.errors import BenchError
+from core.errors import BenchError
 
 
 @dataclass
@@ -62,37 +69,15 @@ def candidate_probs(q: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tenso
     return (w / w.sum(0)).T.contiguous()  # contiguous: multinomial's draws depend on the memory layout
 
 
-_SMOKE = {"algo.batch_size": 16, "algo.replay_ratio": 2.0, "algo.n_candidates": 4, "algo.n_critic_warmup_itr": 1,
-          "algo.lr_warmup_itr": 0}
-# small: CPU-sized (about 3 CPU minutes on hopper); off-policy needs far fewer env steps than DPPO's small.
-# With ~100x fewer gradient steps than the original, the target rate is raised so values propagate. On
-# point_reach (5 chunks per episode, "test" below) gamma 0.8 matches the horizon.
-_SMALL = {"algo.n_candidates": 10, "algo.batch_size": 256, "algo.replay_ratio": 24.0, "algo.buffer_size": 100_000,
-          "algo.target_tau": 0.05, "algo.n_critic_warmup_itr": 3, "algo.lr_warmup_itr": 0}
-
-
 @register_algorithm("idql")
-class IDQL(Algorithm):
+class IDQL(OffPolicyAlgorithm):
     Config = IDQLConfig
     policy_kind = "diffusion"
-    suite_defaults = {
-        "robomimic": {"algo.n_candidates": 10, "algo.gamma": 0.999, "algo.reward_scale": 1.0,
-                      "algo.buffer_size": 250_000, "algo.actor_lr": 1e-5, "algo.actor_lr_min": 1e-5},
-    }
-    presets = {
-        "smoke": {"gym": _SMOKE, "robomimic": _SMOKE, "test": _SMOKE},
-        "small": {"gym": {**_SMALL, "train.n_iterations": 40, "train.n_steps": 40}, "robomimic": _SMALL,
-                  "test": {"train.n_iterations": 10, "algo.batch_size": 50, "algo.replay_ratio": 32.0,
-                           "algo.reward_scale": 1.0, "algo.gamma": 0.8, "algo.target_tau": 0.05,
-                           "algo.n_critic_warmup_itr": 3, "algo.lr_warmup_itr": 0,
-                           "algo.actor_lr": 3e-4, "algo.actor_lr_min": 3e-4}},
-        # paper: the Config defaults and suite defaults are the original's; the harness's paper preset has
-        # its Gym budget (40 envs x 500 chunks x 1000 iterations) and robomimic n_steps; these runs
-        # were 300 iterations on robomimic (1000 on Transport, with its own sampling std and lr floor).
-        "paper": {"gym": {}, "robomimic": {"train.n_iterations": 300},
-                  "transport": {"train.n_iterations": 1000, "algo.min_sampling_std": 0.08,
-                                "algo.actor_lr_min": 1e-6}},
-    }
+    lr_schedules: ClassVar = {"actor_opt": ("actor_lr", "actor_lr_min"), "v_opt": ("critic_lr", "critic_lr_min"),
+                    "q_opt": ("critic_lr", "critic_lr_min")}
+    state_parts = ("policy.network", "critic_v", "critic_q", "target_q", "actor_opt", "v_opt", "q_opt", "buffer")
+    logged = ("gradient_steps", "buffer_size", "actor_lr", "actor_updated")
+    step_mean = staticmethod(sequential_mean)
 
     @classmethod
     def check_config(cls, cfg: IDQLConfig) -> None:
@@ -140,71 +125,29 @@ class IDQL(Algorithm):
         return ActOutput(actions, {"actions": actions})
 
     # ----------------------------------------------------------------------------------------------
-    # Update
+    # Update: V, then Q, then (after the critic warm-up) the actor, then the target Q
 
-    def _set_lrs(self, iteration: int) -> None:
-        cfg = self.cfg
-        set_warmup_cosine_lrs(iteration, self.ctx.n_iterations, cfg.lr_warmup_itr,
-                              [(self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                               (self.v_opt, cfg.critic_lr, cfg.critic_lr_min),
-                               (self.q_opt, cfg.critic_lr, cfg.critic_lr_min)])
-
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
+    def critic_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, ta = self.cfg, self.ctx.act_steps
-        self._set_lrs(iteration)
-        self.buffer.add(transitions_from_rollout(ro, ro.extras["actions"]))
-        update_actor = iteration >= cfg.n_critic_warmup_itr
-        n_grad = replay_steps(ro.rewards.numel(), cfg.batch_size, cfg.replay_ratio)
-        sums = {"v_loss": 0.0, "q_loss": 0.0, "actor_loss": 0.0, "q_mean": 0.0}
-        for _ in range(n_grad):
-            b = self.buffer.sample(cfg.batch_size)
-            obs, chunk = b["obs"], b["actions"]
-            # V: upper expectile of the target Q over buffer actions
-            with torch.no_grad():
-                q_target = torch.min(*self.target_q(obs, chunk[:, :ta]))
-            v_loss = expectile_loss(q_target - self.critic_v(obs), cfg.expectile)
-            self.v_opt.zero_grad(set_to_none=True)
-            v_loss.backward()
-            self.v_opt.step()
-            # Q: one-step TD target through the (just updated) V
-            with torch.no_grad():
-                y = cfg.reward_scale * b["rewards"] + cfg.gamma * (1 - b["terminated"]) * self.critic_v(b["next_obs"])
-            q1, q2 = self.critic_q(obs, chunk[:, :ta])
-            q_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
-            self.q_opt.zero_grad(set_to_none=True)
-            q_loss.backward()
-            self.q_opt.step()
-            soft_update(self.target_q, self.critic_q, cfg.target_tau)
-            # actor: unweighted diffusion BC on buffer chunks
-            if update_actor:
-                actor_loss = self.policy.loss(chunk, obs)
-                self.actor_opt.zero_grad(set_to_none=True)
-                actor_loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.actor_opt.step()
-                sums["actor_loss"] += actor_loss.item()
-            sums["v_loss"] += v_loss.item()
-            sums["q_loss"] += q_loss.item()
-            sums["q_mean"] += q1.mean().item()
-        if not all(torch.isfinite(torch.tensor(v)) for v in sums.values()):
-            raise FloatingPointError(f"IDQL losses became non-finite at iteration {iteration}")
-        out = {k: v / n_grad for k, v in sums.items()}
-        if not update_actor:
-            del out["actor_loss"]
-        return out | {"gradient_steps": float(n_grad), "buffer_size": float(len(self.buffer)),
-                      "actor_lr": self.actor_opt.param_groups[0]["lr"], "actor_updated": float(update_actor)}
+        obs, chunk = b["obs"], b["actions"]
+        # V: upper expectile of the target Q over buffer actions
+        with torch.no_grad():
+            q_target = torch.min(*self.target_q(obs, chunk[:, :ta]))
+        v_loss = expectile_loss(q_target - self.critic_v(obs), cfg.expectile)
+        optimiser_step(self.v_opt, v_loss)
+        # Q: one-step TD target through the (just updated) V
+        with torch.no_grad():
+            y = cfg.reward_scale * b["rewards"] + cfg.gamma * (1 - b["terminated"]) * self.critic_v(b["next_obs"])
+        q1, q2 = self.critic_q(obs, chunk[:, :ta])
+        q_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+        optimiser_step(self.q_opt, q_loss)
+        return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "q_mean": q1.mean().item()}
 
-    # ----------------------------------------------------------------------------------------------
+    def actor_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Unweighted diffusion BC on buffer chunks."""
+        actor_loss = self.policy.loss(b["actions"], b["obs"])
+        optimiser_step(self.actor_opt, actor_loss, self.policy.parameters(), self.cfg.max_grad_norm)
+        return {"actor_loss": actor_loss.item()}
 
-    def _parts(self) -> dict:
-        return {"network": self.policy.network, "critic_v": self.critic_v, "critic_q": self.critic_q,
-                "target_q": self.target_q, "actor_opt": self.actor_opt, "v_opt": self.v_opt, "q_opt": self.q_opt,
-                "buffer": self.buffer}
-
-    def state_dict(self) -> dict:
-        return {name: part.state_dict() for name, part in self._parts().items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, part in self._parts().items():
-            part.load_state_dict(state[name])
+    def update_targets(self) -> None:
+        soft_update(self.target_q, self.critic_q, self.cfg.target_tau)

@@ -4,23 +4,25 @@ sinusoidal time embedding, the chunk-denoising MLP and the state-value critic.""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from bench.errors import BenchError
+from core.errors import BenchError
 
+Activation = Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"]
 ACTIVATIONS = {"ReLU": nn.ReLU, "Mish": nn.Mish, "GELU": nn.GELU, "Tanh": nn.Tanh, "ELU": nn.ELU}
 
 
-def activation(name: str) -> nn.Module:
+def activation(name: Activation) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
 class ResidualBlock(nn.Module):
     """Two pre-activation linear layers with a skip connection (as in IBC / the DPPO code)."""
 
-    def __init__(self, dim: int, act: str):
+    def __init__(self, dim: int, act: Activation):
         super().__init__()
         self.l1, self.l2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.act = activation(act)
@@ -37,7 +39,7 @@ def check_residual_mlp(hidden: tuple[int, ...], residual: bool, residual_key: st
                          f"set {residual_key}=false or change {hidden_key}")
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act: str, residual: bool) -> nn.Sequential:
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act: Activation, residual: bool) -> nn.Sequential:
     """`residual=True` needs equal hidden widths and an odd number of hidden layers: one input layer,
     then residual blocks of two layers each (512x3 -> Linear + 1 block)."""
     if not residual:
@@ -69,7 +71,7 @@ class DenoisingMLP(nn.Module):
     """eps_theta(x_t, t, s): MLP on [flattened noisy chunk (Tp*Da); observation; time embedding]."""
 
     def __init__(self, obs_dim: int, horizon_steps: int, act_dim: int, hidden: tuple[int, ...],
-                 time_dim: int, act: str, residual: bool):
+                 time_dim: int, act: Activation, residual: bool):
         super().__init__()
         self.horizon_steps, self.act_dim = horizon_steps, act_dim
         self.time_embedding = nn.Sequential(
@@ -89,7 +91,7 @@ class DenoisingMLP(nn.Module):
 class ValueCritic(nn.Module):
     """V(s) on the observation only."""
 
-    def __init__(self, obs_dim: int, hidden: tuple[int, ...], act: str = "Mish", residual: bool = True):
+    def __init__(self, obs_dim: int, hidden: tuple[int, ...], act: Activation = "Mish", residual: bool = True):
         super().__init__()
         self.net = mlp(obs_dim, hidden, 1, act, residual)
 

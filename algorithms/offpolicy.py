@@ -1,6 +1,7 @@
-"""Off-policy machinery shared by DIPO, IDQL, DQL, QSM and DAWR: rollout -> transitions, a FIFO replay
-buffer whose contents go in checkpoints, the twin state-action critic with Polyak target updates, and a
-full-chain diffusion sampler that can keep gradients (DQL backpropagates through all K steps).
+"""Off-policy machinery shared by DIPO, IDQL, DQL, QSM (and DAWR's rollout -> transitions): a FIFO replay
+buffer whose contents go in checkpoints, the twin state-action critic with Polyak target updates, and
+`OffPolicyAlgorithm`, the update framing they share (buffer add, replay-step count, critic warm-up,
+metric means), so that each algorithm writes only its critic and actor steps.
 
 Transitions are per action chunk: `actions` is whatever the algorithm stored (the predicted chunk),
 `rewards` the raw chunk reward, `next_obs` the true next observation (the final observation of an
@@ -10,22 +11,30 @@ a true termination, so truncated steps still bootstrap (method.md section 6, def
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from algorithms.base import Rollout
-from algorithms.diffusion import DenoisingChain, clipped_randn, eval_std
-from algorithms.networks import check_residual_mlp, mlp
-from bench.errors import BenchError
+from algorithms.base import (
+    ACTOR_CRITIC_LRS,
+    ActorCriticConfig,
+    Algorithm,
+    Rollout,
+    optimiser_step,
+    raise_if_not_finite,
+)
+from algorithms.networks import Activation, check_residual_mlp, mlp
+from core.errors import BenchError
 
 TRANSITION_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 @dataclass
-class OffPolicyConfig:
+class OffPolicyConfig(ActorCriticConfig):
     """Settings every replay-based diffusion baseline has; defaults are the original Gym configs'.
     An algorithm's Config subclasses this and redeclares a field to change its default."""
 
@@ -42,21 +51,9 @@ class OffPolicyConfig:
     """Polyak rate of the target networks after every gradient step"""
     n_critic_warmup_itr: int = 5
     """iterations in which only the critics learn"""
-    actor_lr: float = 1e-4
-    actor_lr_min: float = 1e-4
-    actor_weight_decay: float = 0.0
-    critic_lr: float = 1e-3
-    critic_lr_min: float = 1e-3
-    critic_weight_decay: float = 0.0
-    lr_warmup_itr: int = 10
-    """linear warm-up of the learning rates from their minimum, then cosine to the minimum"""
-    max_grad_norm: float | None = None
-    """actor gradient-norm clipping (None = off, as the original configs)"""
     min_sampling_std: float = 0.1
     """floor of the denoising std when sampling (acting and next actions)"""
     randn_clip: float = 3.0
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    critic_activation: Literal["ReLU", "Mish", "GELU", "Tanh", "ELU"] = "Mish"
     critic_residual: bool = False
     """Q networks: the original configs asked for residual MLPs, but a misspelt constructor argument
     (`residual_tyle`, method.md section 6.3) made every original Q critic a plain MLP"""
@@ -143,7 +140,7 @@ class TwinQ(nn.Module):
     """Two independent Q(s, a) MLPs on [observation; flattened action chunk] (clipped double Q)."""
 
     def __init__(self, obs_dim: int, act_shape: tuple[int, ...], hidden: tuple[int, ...],
-                 activation: str = "Mish", residual: bool = False):
+                 activation: Activation = "Mish", residual: bool = False):
         super().__init__()
         in_dim = obs_dim + int(torch.Size(act_shape).numel())
         self.q1 = mlp(in_dim, hidden, 1, activation, residual)
@@ -181,23 +178,6 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         t.lerp_(s, tau)
 
 
-def sample_chain(network: nn.Module, chain: DenoisingChain, obs: torch.Tensor, min_std: float = 0.0,
-                 randn_clip: float | None = 3.0, generator: torch.Generator | None = None,
-                 keep_grad: bool = False, deterministic: bool = False) -> torch.Tensor:
-    """Run every step of `chain` with `network` (B, Tp, Da). Stochastic steps use std clamped at `min_std`;
-    `deterministic` uses DPPO's evaluation noise (`eval_std`). `keep_grad` keeps the autograd graph
-    through all steps (the noise itself carries no gradient)."""
-    with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
-        b, dev = obs.shape[0], obs.device
-        x = clipped_randn((b, network.horizon_steps, network.act_dim), randn_clip, generator, dev)
-        for i in range(len(chain)):
-            eps = network(x, chain.timesteps[i].expand(b), obs)
-            mean = chain.mean(torch.tensor(i, device=dev), x, eps)
-            std = eval_std(chain, i) if deterministic else chain.std[i].clamp(min=min_std)
-            x = mean + std * clipped_randn(x.shape, randn_clip, generator, dev) if std > 0 else mean
-        return x
-
-
 def twin_q_td_loss(critic: TwinQ, critic_target: TwinQ, batch: dict[str, torch.Tensor], next_actions: torch.Tensor,
                    gamma: float, reward_scale: float = 1.0, act_steps: int | None = None) -> torch.Tensor:
     """The clipped double-Q TD loss of DIPO, DQL and QSM: sum_i mean_b (Q_i(s, a) - y)^2 with
@@ -209,3 +189,65 @@ def twin_q_td_loss(critic: TwinQ, critic_target: TwinQ, batch: dict[str, torch.T
         target = reward_scale * batch["rewards"] + gamma * (1.0 - batch["terminated"]) * next_q
     q1, q2 = critic(batch["obs"], batch["actions"][:, :act_steps])
     return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+
+
+def sequential_mean(values: list[float]) -> float:
+    """Sum in step order, then divide (IDQL's and DQL's logged means; np.mean sums pairwise)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total / len(values)
+
+
+class OffPolicyAlgorithm(Algorithm):
+    """Each iteration the rollout's transitions (the stored "actions" chunks) go into `self.buffer`, then
+    `replay_steps` gradient steps each draw a uniform batch and run `critic_step(batch)`, `actor_step(batch)`
+    (from iteration `n_critic_warmup_itr` on) and `update_targets()`. The steps return metrics (floats);
+    the update logs their means (critic metrics, then `logged`, then actor metrics) and raises
+    FloatingPointError where one is not finite."""
+
+    lr_schedules = ACTOR_CRITIC_LRS
+    check_config = staticmethod(check_replay_config)
+    logged: ClassVar[tuple[str, ...]] = ("gradient_steps", "buffer_size", "actor_updated", "actor_lr", "critic_lr")
+    """the columns after the critic metrics, in the order earlier runs logged them; "<x>_lr" is self.<x>_opt's"""
+    step_mean: ClassVar[Callable[[list[float]], float]] = staticmethod(np.mean)
+    buffer: ReplayBuffer
+
+    def critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def update_targets(self) -> None:
+        raise NotImplementedError
+
+    def twin_q_step(self, batch: dict[str, torch.Tensor], next_actions: torch.Tensor,
+                    critic_target: TwinQ) -> dict[str, float]:
+        """The clipped double-Q TD step of DIPO, DQL and QSM on `self.critic` with `self.critic_opt`."""
+        cfg = self.cfg
+        critic_loss = twin_q_td_loss(self.critic, critic_target, batch, next_actions, cfg.gamma, cfg.reward_scale,
+                                     self.ctx.act_steps)
+        optimiser_step(self.critic_opt, critic_loss)
+        return {"critic_loss": critic_loss.item()}
+
+    def learn(self, ro: Rollout, iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.buffer.add(transitions_from_rollout(ro, ro.extras["actions"]))
+        n_steps = replay_steps(ro.rewards.numel(), cfg.batch_size, cfg.replay_ratio)
+        update_actor = iteration >= cfg.n_critic_warmup_itr
+        critic_stats, actor_stats = [], []
+        for _ in range(n_steps):
+            batch = self.buffer.sample(cfg.batch_size)
+            critic_stats.append(self.critic_step(batch))
+            if update_actor:
+                actor_stats.append(self.actor_step(batch))
+            self.update_targets()
+        critic, actor = ({k: self.step_mean([s[k] for s in stats]) for k in stats[0]} if stats else {}
+                         for stats in (critic_stats, actor_stats))
+        raise_if_not_finite(critic | actor, self.name.upper(), iteration)
+        counts = {"gradient_steps": float(n_steps), "buffer_size": float(len(self.buffer)),
+                  "actor_updated": float(update_actor)}
+        logged = {k: counts[k] if k in counts else getattr(self, k.removesuffix("_lr") + "_opt").param_groups[0]["lr"]
+                  for k in self.logged}
+        return critic | logged | actor

@@ -1,17 +1,19 @@
 """PPO machinery shared by DPPO and the Gaussian/GMM PPO baselines: GAE, running reward scaling, the
-clipped surrogate, DPPO's per-denoising-step clip schedule, warm-up + cosine learning rates, and the
-pieces of the update loop that do not depend on the policy (advantages of a rollout, shuffled
-minibatches, the value loss, the optimiser step, the update's summary statistics)."""
+clipped surrogate, DPPO's per-denoising-step clip schedule, the pieces of the update loop that do not
+depend on the policy (advantages of a rollout, shuffled minibatches, the value loss, the optimiser step,
+the update's summary statistics), and `PPOAlgorithm`, the update loop itself."""
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from algorithms.base import Rollout
+from algorithms.base import ACTOR_CRITIC_LRS, Algorithm, Rollout
+from algorithms.networks import ValueCritic, check_residual_mlp
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
@@ -87,23 +89,6 @@ def denoising_clip_schedule(k: torch.Tensor, n_ft_steps: int, clip: float, base:
     return base + (clip - base) * (torch.exp(rate * tau) - 1) / (math.exp(rate) - 1)
 
 
-def warmup_cosine_lr(iteration: int, lr: float, lr_min: float, warmup: int, cycle: int) -> float:
-    """Linear warm-up from lr_min to lr over `warmup` iterations, then cosine to lr_min at `cycle`
-    (the original's CosineAnnealingWarmupRestarts with one cycle)."""
-    if iteration < warmup:
-        return lr_min + (lr - lr_min) * iteration / max(warmup, 1)
-    progress = min(1.0, (iteration - warmup) / max(cycle - warmup, 1))
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
-
-
-def set_warmup_cosine_lrs(iteration: int, n_iterations: int, warmup: int,
-                          schedules: list[tuple[torch.optim.Optimizer, float, float]]) -> None:
-    """Set each (optimiser, lr, lr_min) to `warmup_cosine_lr` at this iteration (one cycle = the run)."""
-    for opt, lr, lr_min in schedules:
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine_lr(iteration, lr, lr_min, warmup, n_iterations)
-
-
 def rollout_advantages(ro: Rollout, critic: torch.nn.Module, reward_scaler: RunningRewardScaler | None, gamma: float,
                        lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(advantages, returns, values) of a Rollout, each (T, N). Rewards are scaled first when a scaler is
@@ -167,3 +152,89 @@ def update_summary(stats: dict[str, list[float]], returns: torch.Tensor, values:
                actor_lr=actor_opt.param_groups[0]["lr"], critic_lr=critic_opt.param_groups[0]["lr"],
                actor_updated=float(update_actor), kl_early_stop=float(kl_stop))
     return out
+
+
+@dataclass
+class PolicyLoss:
+    """A minibatch's policy side, from `PPOAlgorithm.policy_loss`."""
+
+    samples: torch.Tensor  # the rollout samples (env steps) of the minibatch, for the critic
+    pg_loss: torch.Tensor
+    actor_loss: torch.Tensor  # pg_loss and any bonus on the actor alone (not stepped during critic warm-up)
+    ratio: torch.Tensor
+    log_ratio: torch.Tensor
+    clip: torch.Tensor | float
+    regulariser: torch.Tensor | None = None  # added after the value loss (only while the actor learns)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class PPOAlgorithm(Algorithm):
+    """The PPO update of DPPO and Gaussian/GMM PPO: GAE advantages with a V(s) critic (rewards scaled by a
+    running return std), then `update_epochs` passes of minibatches of the flattened rollout, each a joint
+    step of the clipped surrogate (`policy_loss`, per algorithm) and the value loss, stopped early past
+    `target_kl`. An algorithm sets `self.actor_ft` before calling `build_critic`."""
+
+    lr_schedules = ACTOR_CRITIC_LRS
+    state_parts = ("actor_ft", "critic", "actor_opt", "critic_opt", "reward_scaler")
+    extra_stats: tuple[str, ...] = ()  # minibatch metrics of `PolicyLoss.stats`, logged after v_loss
+    samples_per_step = 1  # PPO samples per env step (DPPO: one per fine-tuned denoising step)
+    actor_ft: torch.nn.Module
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_residual_mlp(tuple(cfg.critic_hidden), cfg.critic_residual, "algo.critic_residual", "algo.critic_hidden")
+
+    def build_critic(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.critic = ValueCritic(ctx.obs_dim, cfg.critic_hidden, cfg.critic_activation, cfg.critic_residual).to(ctx.device)
+        self.actor_opt = torch.optim.AdamW(self.actor_ft.parameters(), lr=cfg.actor_lr,
+                                           weight_decay=cfg.actor_weight_decay)
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
+                                            weight_decay=cfg.critic_weight_decay)
+        self.reward_scaler = RunningRewardScaler(ctx.n_envs, cfg.gamma, cfg.reward_clip)
+
+    def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(advantages, value targets, values), each (T, N): GAE with the critic (a hook for variants)."""
+        scaler = self.reward_scaler if self.cfg.reward_scale_running else None
+        return rollout_advantages(ro, self.critic, scaler, self.cfg.gamma, self.cfg.gae_lambda)
+
+    def policy_loss(self, data: dict[str, torch.Tensor], idx: torch.Tensor, adv: torch.Tensor,
+                    update_actor: bool) -> PolicyLoss:
+        """The minibatch `idx` (into the flattened PPO samples) of `data` (obs and the act extras, flattened
+        to one row per env step) with the env steps' advantages `adv`."""
+        raise NotImplementedError
+
+    def learn(self, ro: Rollout, iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        adv, returns, values = (x.flatten(0, 1) for x in self.advantages(ro))
+        data = {"obs": ro.obs.flatten(0, 1)} | {k: v.flatten(0, 1) for k, v in ro.extras.items()}
+        update_actor = iteration >= cfg.n_critic_warmup_itr
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "v_loss", *self.extra_stats, "approx_kl",
+                                                         "clipfrac", "ratio")}
+        stop = False
+        n = data["obs"].shape[0] * self.samples_per_step
+        for idx in minibatches(n, cfg.batch_size, cfg.update_epochs, ro.obs.device):
+            pl = self.policy_loss(data, idx, adv, update_actor)
+            b = pl.samples
+            v_loss = value_loss(self.critic(data["obs"][b]), returns[b], values[b], cfg.clip_vloss)
+            # during critic warm-up the actor is not stepped: skip its backward pass too
+            loss = (pl.actor_loss if update_actor else pl.actor_loss.detach()) + cfg.vf_coef * v_loss
+            if pl.regulariser is not None:
+                loss = loss + pl.regulariser
+            for k, v in pl.stats.items():
+                stats[k].append(v)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.name.upper()} loss became {loss.item()} at iteration {iteration}")
+            ppo_step(loss, self.actor_opt, self.critic_opt, self.actor_ft.parameters(), cfg.max_grad_norm,
+                     update_actor)
+            with torch.no_grad():
+                approx_kl = ((pl.ratio - 1) - pl.log_ratio).mean().item()
+                stats["approx_kl"].append(approx_kl)
+                stats["clipfrac"].append(((pl.ratio - 1).abs() > pl.clip).float().mean().item())
+                stats["ratio"].append(pl.ratio.mean().item())
+            stats["pg_loss"].append(pl.pg_loss.item())
+            stats["v_loss"].append(v_loss.item())
+            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                stop = True
+                break
+        return update_summary(stats, returns, values, self.actor_opt, self.critic_opt, update_actor, stop)

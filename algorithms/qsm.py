@@ -44,15 +44,18 @@ import copy
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.base import ActOutput, AlgoContext, Algorithm, Rollout
+from algorithms.base import ActOutput, AlgoContext, optimiser_step
 from algorithms.diffusion import DiffusionPolicy
-from algorithms.offpolicy import (OffPolicyConfig, ReplayBuffer, TwinQ, check_replay_config, replay_steps,
-                                  soft_update, transitions_from_rollout, twin_q_td_loss)
-from algorithms.ppo import warmup_cosine_lr
+from algorithms.offpolicy import (
+    OffPolicyAlgorithm,
+    OffPolicyConfig,
+    ReplayBuffer,
+    TwinQ,
+    soft_update,
+)
 from algorithms.registry import register_algorithm
 
 
@@ -100,46 +103,11 @@ def denoised_estimate(x_t: torch.Tensor, eps: torch.Tensor, sqrt_ac: torch.Tenso
     return x0.clamp(-clip, clip) if clip is not None else x0
 
 
-_SMOKE = {"algo.batch_size": 16, "algo.replay_ratio": 4, "algo.n_critic_warmup_itr": 1, "algo.lr_warmup_itr": 0,
-          "algo.critic_hidden": (32, 32, 32)}
-
-
 @register_algorithm("qsm")
-class QSM(Algorithm):
+class QSM(OffPolicyAlgorithm):
     Config = QSMConfig
     policy_kind = "diffusion"
-    suite_defaults = {
-        # cfg/robomimic/finetune/*/ft_qsm_diffusion_mlp.yaml
-        "robomimic": {"algo.gamma": 0.999, "algo.reward_scale": 1.0, "algo.buffer_size": 5000,
-                      "algo.actor_lr": 1e-5, "algo.actor_lr_min": 1e-5},
-    }
-    presets = {
-        "smoke": {"gym": _SMOKE, "robomimic": _SMOKE, "test": _SMOKE},
-        # gym: under 4 minutes on one CPU thread (151 s CPU on hopper; 18 updates of 256 samples per
-        # iteration, 96k env steps); the other algorithm values are the paper's
-        "small": {"gym": {"train.n_steps": 40, "algo.batch_size": 256, "algo.replay_ratio": 12,
-                          "algo.lr_warmup_itr": 0},
-                  "robomimic": {"algo.batch_size": 256, "algo.lr_warmup_itr": 0},
-                  # point_reach in seconds: 375 critic-only steps first, then score matching at 3e-4
-                  "test": {"train.n_iterations": 8, "train.n_steps": 40, "algo.n_critic_warmup_itr": 3,
-                           "algo.batch_size": 128, "algo.replay_ratio": 40, "algo.lr_warmup_itr": 0,
-                           "algo.critic_hidden": (64, 64, 64), "algo.gamma": 0.9, "algo.reward_scale": 0.1,
-                           "algo.actor_lr": 3e-4, "algo.actor_lr_min": 3e-4},
-                  # on top of "test": grad Q at the denoised action (the original target, at x_t, gains about
-                  # +25 here with the rest of this entry, this one about +90); alpha * reward_scale = 10 so
-                  # exp(alpha Q) concentrates on the narrow modes (0.1 is too flat), the paper's critic width
-                  # (64 units fit the peaked reward too slowly for the 375 warm-up steps), a faster actor
-                  "bimodal_bandit": {"algo.q_grad_at": "denoised", "algo.reward_scale": 1.0,
-                                     "algo.critic_hidden": (256, 256, 256), "algo.actor_lr": 1e-3,
-                                     "algo.actor_lr_min": 1e-3}},
-        # The Config and suite defaults are the original's; the harness's paper preset has the Gym budget
-        # (40 envs x 500 chunks x 1000 iterations) and the robomimic n_steps. The original QSM ran 300
-        # iterations on robomimic (1000 on Transport, with its own sampling std and lr floor).
-        "paper": {"gym": {}, "robomimic": {"train.n_iterations": 300},
-                  "transport": {"train.n_iterations": 1000, "algo.min_sampling_std": 0.08, "algo.actor_lr_min": 1e-6}},
-    }
-
-    check_config = staticmethod(check_replay_config)
+    state_parts = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "buffer")
 
     def __init__(self, cfg: QSMConfig, ctx: AlgoContext, pretrained: DiffusionPolicy):
         super().__init__(cfg, ctx, pretrained)
@@ -153,7 +121,6 @@ class QSM(Algorithm):
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
                                             weight_decay=cfg.critic_weight_decay)
         self.buffer = ReplayBuffer(cfg.buffer_size * ctx.n_envs, ctx.obs_dim, (ctx.horizon_steps, ctx.act_dim), dev)
-        self._set_lrs(0)
 
     def _sample(self, obs: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -166,68 +133,28 @@ class QSM(Algorithm):
         actions = self._sample(obs, deterministic, generator)
         return ActOutput(actions, {} if deterministic else {"actions": actions})
 
-    def _set_lrs(self, iteration: int) -> None:
-        cfg, n = self.cfg, self.ctx.n_iterations
-        for opt, lr, lr_min in ((self.actor_opt, cfg.actor_lr, cfg.actor_lr_min),
-                                (self.critic_opt, cfg.critic_lr, cfg.critic_lr_min)):
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine_lr(iteration, lr, lr_min, cfg.lr_warmup_itr, n)
+    def critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """1. the critic, next actions from the current actor."""
+        with torch.no_grad():
+            next_actions = self._sample(batch["next_obs"])
+        return self.twin_q_step(batch, next_actions, self.critic_target)
 
-    def update(self, ro: Rollout, iteration: int) -> dict[str, float]:
-        cfg, actor, ta = self.cfg, self.actor, self.ctx.act_steps
-        self._set_lrs(iteration)
-        self.buffer.add(transitions_from_rollout(ro, ro.extras["actions"]))
-        n_updates = replay_steps(ro.rewards.numel(), cfg.batch_size, cfg.replay_ratio)
-        update_actor = iteration >= cfg.n_critic_warmup_itr
-        critic_losses, actor_losses = [], []
-        for _ in range(n_updates):
-            batch = self.buffer.sample(cfg.batch_size)
-            # 1. critic, next actions from the current actor
-            with torch.no_grad():
-                next_actions = self._sample(batch["next_obs"])
-            critic_loss = twin_q_td_loss(self.critic, self.critic_target, batch, next_actions, cfg.gamma,
-                                         cfg.reward_scale, ta)
-            self.critic_opt.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_opt.step()
-            critic_losses.append(critic_loss.item())
+    def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """2. match -eps_theta at a noised buffer action to alpha * grad_x Q there."""
+        cfg, actor = self.cfg, self.actor
+        x0, b = batch["actions"], batch["actions"].shape[0]
+        t = torch.randint(0, actor.n_steps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        sa, s1a = actor.sqrt_ac[t].view(b, 1, 1), actor.sqrt_one_minus_ac[t].view(b, 1, 1)
+        x_t = sa * x0 + s1a * noise
+        eps_pred = actor.network(x_t, t, batch["obs"])
+        x_q = x_t if cfg.q_grad_at == "noisy" else denoised_estimate(x_t, eps_pred.detach(), sa, s1a,
+                                                                     actor.denoised_clip)
+        actor_loss = q_score_matching_loss(eps_pred, self.critic, x_q, batch["obs"], cfg.q_grad_coeff,
+                                           self.ctx.act_steps)
+        optimiser_step(self.actor_opt, actor_loss, actor.parameters(), cfg.max_grad_norm)
+        return {"actor_loss": actor_loss.item()}
 
-            if update_actor:
-                # 2. match -eps_theta at a noised buffer action to alpha * grad_x Q there
-                x0, b = batch["actions"], batch["actions"].shape[0]
-                t = torch.randint(0, actor.n_steps, (b,), device=x0.device)
-                noise = torch.randn_like(x0)
-                sa, s1a = actor.sqrt_ac[t].view(b, 1, 1), actor.sqrt_one_minus_ac[t].view(b, 1, 1)
-                x_t = sa * x0 + s1a * noise
-                eps_pred = actor.network(x_t, t, batch["obs"])
-                x_q = x_t if cfg.q_grad_at == "noisy" else denoised_estimate(x_t, eps_pred.detach(), sa, s1a,
-                                                                             actor.denoised_clip)
-                actor_loss = q_score_matching_loss(eps_pred, self.critic, x_q, batch["obs"], cfg.q_grad_coeff, ta)
-                self.actor_opt.zero_grad(set_to_none=True)
-                actor_loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
-                self.actor_opt.step()
-                actor_losses.append(actor_loss.item())
-
-            # 3. target critic
-            soft_update(self.critic_target, self.critic, cfg.target_tau)
-        out = {"critic_loss": float(np.mean(critic_losses)), "gradient_steps": float(n_updates),
-               "buffer_size": float(len(self.buffer)), "actor_updated": float(update_actor),
-               "actor_lr": self.actor_opt.param_groups[0]["lr"], "critic_lr": self.critic_opt.param_groups[0]["lr"]}
-        if actor_losses:
-            out["actor_loss"] = float(np.mean(actor_losses))
-        return out
-
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(), "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.buffer.load_state_dict(state["buffer"])
+    def update_targets(self) -> None:
+        # 3. target critic
+        soft_update(self.critic_target, self.critic, self.cfg.target_tau)

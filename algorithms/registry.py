@@ -1,67 +1,56 @@
 """Algorithm registry.
 
-Built-in algorithms are registered with `@register_algorithm("name")` in their module and imported
-lazily by name. Third-party packages register through the entry-point group `dppo_bench.algorithms`
-(`name = "package.module:Class"`); a plugin is imported only when asked for. `get_algorithm` also
-accepts `"package.module:Class"` directly, like gymnasium's `gym.make("module:Env-v0")`.
+An algorithm is registered with `@register_algorithm("name")` on its class; that is the only step.
+Built-in algorithms are the modules of this package: they are imported (which registers them) the first
+time an algorithm is looked up or listed. Third-party packages register through the entry-point group
+`dppo_bench.algorithms` (`name = "package.module:Class"`); a plugin is imported only when asked for.
+`get_algorithm` also accepts `"package.module:Class"` directly, like gymnasium's `gym.make("module:Env-v0")`.
 """
 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
+import pkgutil
 
-from bench.errors import BenchError
+from core.registry import Registry
 
 ENTRY_POINT_GROUP = "dppo_bench.algorithms"
-_BUILTIN_MODULES = {name: f"algorithms.{name}" for name in (
-    "dppo", "drwr", "dawr", "dipo", "idql", "dql", "qsm", "gaussian_ppo", "gmm_ppo")}
-_REGISTRY: dict[str, type] = {}
+_BUILTINS_IMPORTED = False
 
 
-def register_algorithm(name: str):
-    def decorator(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"algorithm {name!r} is already registered by {_REGISTRY[name].__module__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+def import_builtin_modules() -> None:
+    """Import every module of the `algorithms` package once, registering its algorithms (and policy kinds)."""
+    global _BUILTINS_IMPORTED
+    if not _BUILTINS_IMPORTED:
+        import algorithms
 
-    return decorator
-
-
-def _entry_points() -> dict:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        for m in pkgutil.iter_modules(algorithms.__path__):
+            importlib.import_module(f"algorithms.{m.name}")
+        _BUILTINS_IMPORTED = True
 
 
-def list_algorithms() -> list[str]:
-    return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY) | set(_entry_points()))
+def _check_algorithm(name: str, cls) -> None:
+    from algorithms.base import Algorithm
+    from core.errors import BenchError
+
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise BenchError(f"cannot load algorithm {name!r}: {cls!r} is not an algorithms.base.Algorithm subclass")
+
+
+REGISTRY = Registry("algorithm", ENTRY_POINT_GROUP, import_builtins=import_builtin_modules, check=_check_algorithm)
+_REGISTRY = REGISTRY.entries
+register_algorithm = REGISTRY.register
+list_algorithms = REGISTRY.names
+
+
+def builtin_algorithms() -> list[str]:
+    """The algorithms defined in this package (not plugins)."""
+    import_builtin_modules()
+    return sorted(n for n, cls in REGISTRY.entries.items() if cls.__module__.startswith("algorithms."))
 
 
 def get_algorithm(name: str) -> type:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    elif ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise BenchError(f"cannot load algorithm {name!r}: {e}") from None
-        from algorithms.base import Algorithm
-
-        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-            raise BenchError(f"cannot load algorithm {name!r}: {attr} is not an algorithms.base.Algorithm subclass")
-        return cls
-    else:
-        eps = _entry_points()
-        if name not in eps:
-            raise BenchError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(list_algorithms())}")
-        cls = eps[name].load()
-        if "name" not in vars(cls):  # a plugin class need not use the decorator
-            cls.name = name
-        _REGISTRY.setdefault(name, cls)
-    if name not in _REGISTRY:
-        raise BenchError(f"module for algorithm {name!r} did not register it")
-    return _REGISTRY[name]
+    """A registered name, an entry point's name, or `package.module:Class` (not registered)."""
+    if ":" in name and name not in REGISTRY.entries:
+        return REGISTRY.load(name, name)
+    return REGISTRY.get(name)

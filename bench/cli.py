@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import rich.markup
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.errors import BenchError
+from core.errors import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and baseline harness for fine-tuning diffusion policies with RL (DPPO).")
@@ -125,7 +126,7 @@ def _print_summary(s: dict):
 @app.command()
 def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Option("dppo", "--algo"),
              policy: Optional[str] = typer.Option(None, "--policy",
-                                                  help="diffusion | gaussian | gmm (default: what --algo starts from)"),
+                                                  help="a registered policy kind: diffusion, gaussian, gmm, ... (default: what --algo starts from)"),
              preset: str = typer.Option("small", "--preset"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
              force: bool = typer.Option(False, "--force", help="retrain even if cached")):
@@ -146,7 +147,7 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
     spec = get_task(task)
     ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print,
                       data=cfg.data)
-    path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps or spec.horizon_steps,
+    path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps,
                            cfg.pretrain, str(resolve_device(cfg.device)), _pretrain_progress(), force)
     _, _, meta = load_pretrained(path)
     console.print(f"pre-trained {kind} policy: {path} (final loss {meta['loss_curve'][-1]['loss']:.4f}, "
@@ -244,35 +245,37 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
          seeds: Optional[str] = typer.Option(None, "--seeds", help="e.g. 0-4 or 0,2,5 or 0-2,7"),
          preset: str = typer.Option("small", "--preset"),
          set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-         file: Optional[Path] = typer.Option(None, "--file", help="TOML grid file (algos, tasks, seeds, preset, set, workers, executor)"),
-         workers: Optional[int] = typer.Option(None, "--workers", help="parallel runs (local executor; default 1)"),
+         file: Optional[Path] = typer.Option(None, "--file", help="TOML grid file (algos, tasks, seeds, preset, set, workers, executor, [executors.NAME] options)"),
+         workers: Optional[int] = typer.Option(None, "--workers", help="runs at once (default 1)"),
          root: Path = typer.Option(Path("results"), "--root", help="results root shared by all runs"),
-         executor: Optional[str] = typer.Option(None, "--executor", help="local | ray"),
+         executor: Optional[str] = typer.Option(None, "--executor", help="local (default), ray, or a plugin (docs/adding-an-executor.md)"),
          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. 10.0.0.1:6379 or auto"),
-         num_cpus: float = typer.Option(1, "--num-cpus", help="Ray: CPUs per run"),
-         num_gpus: float = typer.Option(0, "--num-gpus", help="Ray: GPUs per run"),
+         num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="Ray: CPUs per run (default 1)"),
+         num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="Ray: GPUs per run (default 0)"),
          status: bool = typer.Option(False, "--status", help="only show the state of every run")):
     """Run algorithms x tasks x seeds: skips complete runs, resumes interrupted ones, never runs one twice."""
+    from bench import executors
     from bench import grid as grid_mod
     from bench.config import parse_set_options
 
+    spec: dict = {}
     if file is not None:
         if algos or tasks or seeds:
             raise BenchError("give either --file or --algos/--tasks/--seeds, not both")
         spec = grid_mod.load_grid_file(file)
         runs = spec["runs"]
-        workers = workers or spec.get("workers")
-        executor = executor or spec.get("executor")
     else:
         missing = [n for n, v in (("--algos", algos), ("--tasks", tasks), ("--seeds", seeds)) if not v]
         if missing:
             raise BenchError(f"bench grid needs {', '.join(missing)} (or --file grid.toml)")
         runs = grid_mod.expand_grid(_split(algos), _split(tasks), seeds, preset, parse_set_options(set_ or []))
-    executor = executor or "local"
-    if executor not in grid_mod.EXECUTORS:
-        raise BenchError(f"unknown executor {executor!r}; valid executors: {', '.join(grid_mod.EXECUTORS)}")
-    if executor == "ray" and not address:
-        raise BenchError("--executor ray needs --address (e.g. 127.0.0.1:6379 or auto)")
+    executor = executor or spec.get("executor") or "local"
+    table_workers, options = grid_mod.executor_settings(executor, spec.get("executors", {}).get(executor))
+    workers = workers or table_workers or spec.get("workers") or 1
+    # The flags override the file's options of any executor that has an option of that name.
+    flags = {"address": address, "num_cpus": num_cpus, "num_gpus": num_gpus}
+    accepted = executors.option_names(executor)
+    options.update({k: v for k, v in flags.items() if v is not None and k in accepted})
     if status:
         console.print(_grid_table(grid_mod.grid_status(runs, root)))
         return
@@ -295,11 +298,16 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
         elif kind == "fail":
             row["state"] = f"failed (exit {info['exit_code']})"
             failures.append((run, info))
+        if not live.is_started:  # at the first event: an executor that cannot start errors without a table
+            live.start()
         live.update(_grid_table(list(states.values())))
 
-    with Live(_grid_table(list(states.values())), console=err_console, refresh_per_second=2) as live:
-        result = grid_mod.run_grid(runs, root, workers=workers or 1, executor=executor, ray_address=address,
-                                   ray_resources={"num_cpus": num_cpus, "num_gpus": num_gpus}, on_event=on_event)
+    live = Live(_grid_table(list(states.values())), console=err_console, refresh_per_second=2)
+    try:
+        result = grid_mod.run_grid(runs, root, workers=workers, executor=executor, options=options,
+                                   on_event=on_event)
+    finally:
+        live.stop()
     for run, info in failures:
         err_console.print(f"[red]failed:[/red] {run.run_id} (exit {info['exit_code']}), log {info['log']}:\n{info.get('tail', '')}",
                           highlight=False)
@@ -407,7 +415,8 @@ def main():
     try:
         app(standalone_mode=False)
     except BenchError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # escaped: a message naming e.g. `[executors.local]` must print its brackets
+        err_console.print(f"[red]error:[/red] {rich.markup.escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted; resume with --resume")

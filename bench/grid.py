@@ -1,8 +1,9 @@
 """Grids of runs: algorithms x tasks x seeds with one preset and shared overrides.
 
 A grid is expanded (and every cell's config validated) before anything runs; then each cell that is
-not complete runs as its own `bench run ... --resume --quiet` subprocess, locally (at most `workers`
-alive) or as one Ray task per run on a Ray cluster.
+not complete runs as its own `bench run ... --resume --quiet` command (at most `workers` at once) on a
+grid executor: "local" child processes, one Ray task per run on a Ray cluster, or a plugin; executors,
+their protocol and their options are in bench/executors.py.
 
 Status of a run: complete iff `<run_dir>/summary.json` exists (the runner writes it last, atomically);
 incomplete if the run directory exists without it; pending if there is no run directory. A rerun of a
@@ -10,21 +11,12 @@ grid skips complete runs and resumes incomplete ones from their own checkpoints 
 fresh when there is no checkpoint), so a grid killed at any moment is continued by running it again.
 
 A run is never executed twice at the same time: before launching a run the grid takes a non-blocking
-exclusive `flock` on `<root>/locks/<task>_<algo>_seed<k>.lock` and holds it until the run ends. In the
-local executor the lock's file descriptor is also passed to the child process, so the lock stays held
+exclusive `flock` on `<root>/locks/<task>_<algo>_seed<k>.lock` and holds it until the run ends. The
+local executor also passes the lock's file descriptor to the child process, so the lock stays held
 while the child lives even if the grid process itself is killed. A run whose lock is held elsewhere is
 skipped with a "running elsewhere" event.
 
 Logs: each run's stdout/stderr is appended to `<root>/logs/<task>_<algo>_seed<k>.log`.
-
-Ray: `executor="ray"` connects to an existing cluster (`ray_address`, e.g. "127.0.0.1:6379" or "auto")
-and runs the same command in one Ray task per run (`num_cpus` from `ray_resources`, default 1). The
-results root must be a path on a filesystem shared by the driver and all worker nodes (the tasks write
-the run directories and logs there; the driver reads them for status). Locks are taken on the driver.
-`DPPO_BENCH_CACHE`, if set on the driver, is forwarded to the tasks (it should also be shared). The
-cluster's session files live in the temp dir its head was started with (`ray start --temp-dir=...`); the
-driver sets RAY_TMPDIR to `$RAY_TMPDIR` if set, else `<root>/.ray`, while it connects, so nothing goes to
-the system temp's default Ray folder or the home folder.
 
 Events: `on_event(kind, run, info)` with kind one of
   "skip"     info: {"reason": "complete" | "running elsewhere", "run_dir", "log"}
@@ -41,7 +33,6 @@ import dataclasses
 import fcntl
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -52,13 +43,13 @@ except ModuleNotFoundError:  # Python 3.10
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bench import executors
 from bench.config import flatten
-from bench.errors import BenchError
-from bench.store import run_dir as _store_run_dir
+from core.errors import BenchError
+from core.runstore import RunStore
 
 SEEDS_SYNTAX = "seeds are non-negative integers and ranges, e.g. '0-4', '0,2,5' or '0-2,7'"
-GRID_FILE_KEYS = ("algos", "tasks", "seeds", "preset", "set", "workers", "executor")
-EXECUTORS = ("local", "ray")
+GRID_FILE_KEYS = ("algos", "tasks", "seeds", "preset", "set", "workers", "executor", "executors")
 TAIL_LINES = 20
 
 EventCallback = Callable[[str, "GridRun", dict], None]
@@ -87,8 +78,11 @@ class GridRun:
     def overrides_dict(self) -> dict[str, str]:
         return dict(self.overrides)
 
+    def store(self, root: Path | str) -> RunStore:
+        return RunStore.of(root, self.task, self.algo, self.seed)
+
     def run_dir(self, root: Path | str) -> Path:
-        return _store_run_dir(Path(root), self.task, self.algo, self.seed)
+        return self.store(root).dir
 
     def log_path(self, root: Path | str) -> Path:
         return Path(root) / "logs" / f"{self.file_stem}.log"
@@ -203,10 +197,13 @@ def expand_grid(algos: list[str], tasks: list[str], seeds: str | list[int], pres
 
 
 def load_grid_file(path: Path | str) -> dict:
-    """Read a TOML grid file -> {"runs": [GridRun], "workers": int|None, "executor": str|None, ...}.
+    """Read a TOML grid file -> {"runs": [GridRun], "workers": int|None, "executor": str|None,
+    "executors": {name: {option: value}}, ...}.
 
     Keys: algos (list), tasks (list), seeds ("0-4" or a list), preset (default "small"), set (table of
-    overrides, dotted keys quoted or as nested tables), workers (int), executor ("local" | "ray").
+    overrides, dotted keys quoted or as nested tables), workers (int), executor (a registered executor's
+    name), executors (a table per executor of its options, e.g. [executors.ray] address = "auto", plus
+    `workers` for that executor; see executor_settings).
     """
     path = Path(path)
     try:
@@ -230,15 +227,40 @@ def load_grid_file(path: Path | str) -> dict:
                          f"set = {{ \"train.n_iterations\" = 50 }}")
     overrides = flatten(sets)
     workers = data.get("workers")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise BenchError(f"bad workers {workers!r} in grid file {path}; expected a positive integer")
+    _check_workers(workers, f" in grid file {path}")
     executor = data.get("executor")
-    if executor is not None and executor not in EXECUTORS:
-        raise BenchError(f"bad executor {executor!r} in grid file {path}; valid: {', '.join(EXECUTORS)}")
+    if executor is not None:
+        if not isinstance(executor, str):
+            raise BenchError(f"bad executor {executor!r} in grid file {path}; valid executors: "
+                             f"{', '.join(executors.list_executors())}")
+        executors.get_executor(executor)
+    tables = data.get("executors", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise BenchError(f"'executors' in grid file {path} must hold one table of options per executor, "
+                         f"e.g. executors.ray.address = \"auto\"")
+    for name, table in tables.items():
+        executor_settings(name, table)
     preset = data.get("preset", "small")
     runs = expand_grid(data["algos"], data["tasks"], data["seeds"], preset, overrides)
     return {"runs": runs, "algos": data["algos"], "tasks": data["tasks"], "seeds": data["seeds"],
-            "preset": preset, "overrides": overrides, "workers": workers, "executor": executor}
+            "preset": preset, "overrides": overrides, "workers": workers, "executor": executor,
+            "executors": tables}
+
+
+def _check_workers(workers: Any, where: str = "") -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise BenchError(f"bad workers {workers!r}{where}; expected a positive integer")
+
+
+def executor_settings(name: str, table: dict | None = None) -> tuple[int | None, dict]:
+    """An `[executors.<name>]` table -> (its `workers` or None, the executor's options). `workers` is the
+    grid's (at most that many runs at once, for this executor); the rest must be the executor's options.
+    An unknown executor or option is a BenchError naming the valid ones."""
+    options = dict(table or {})
+    workers = options.pop("workers", None)
+    _check_workers(workers, f" in executors.{name}")  # no [brackets]: the CLI prints errors as rich markup
+    executors.check_options(name, options)
+    return workers, options
 
 
 # --------------------------------------------------------------------------------------------- status
@@ -246,17 +268,12 @@ def load_grid_file(path: Path | str) -> dict:
 
 def run_state(run: GridRun, root: Path | str) -> str:
     """'complete' (summary.json exists) | 'incomplete' (run dir without summary) | 'pending' (no dir)."""
-    rdir = run.run_dir(root)
-    if (rdir / "summary.json").exists():
-        return "complete"
-    if rdir.exists():
-        return "incomplete"
-    return "pending"
+    return run.store(root).state()
 
 
 def last_metrics(run: GridRun, root: Path | str) -> dict | None:
     """The last row of <run_dir>/metrics.csv as {"iteration", "env_steps", ...}, or None."""
-    path = run.run_dir(root) / "metrics.csv"
+    path = run.store(root).metrics
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -363,50 +380,37 @@ class _Active:
 
 
 def run_grid(runs: list[GridRun], root: Path | str, workers: int = 1, executor: str = "local",
-             ray_address: str | None = None, ray_resources: dict | None = None,
-             on_event: EventCallback | None = None, poll_s: float = 0.5, progress_every_s: float = 2.0) -> dict:
-    """Run every incomplete run of the grid (at most `workers` at once); returns a summary dict:
-    {"total", "skipped_complete", "running_elsewhere", "completed", "failed", "failed_runs": [{"run_id",
-    "log", "exit_code", "tail"}], "wall_s"}. A failed run does not stop the others."""
-    if executor not in EXECUTORS:
-        raise BenchError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
+             options: dict | None = None, on_event: EventCallback | None = None, poll_s: float = 0.5,
+             progress_every_s: float = 2.0) -> dict:
+    """Run every incomplete run of the grid (at most `workers` at once) on the named executor, made with
+    `options` (bench/executors.py); returns a summary dict: {"total", "skipped_complete",
+    "running_elsewhere", "completed", "failed", "failed_runs": [{"run_id", "log", "exit_code", "tail"}],
+    "wall_s"}. A failed run does not stop the others."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise BenchError(f"bad workers {workers!r}; expected a positive integer")
     root = Path(root).resolve()
+    backend = executors.make_executor(executor, root, options)  # fails fast, before anything runs
     emit = on_event or (lambda kind, run, info: None)
     t_start = time.time()
     summary = {"total": len(runs), "skipped_complete": 0, "running_elsewhere": 0, "completed": 0, "failed": 0,
                "failed_runs": [], "wall_s": 0.0}
-
-    ray_mod = None
-    if executor == "ray":
-        ray_mod = _ray_connect(ray_address, root)  # fails fast, before anything runs
-
-    queue: list[GridRun] = []
-    for run in runs:
-        if run_state(run, root) == "complete":
-            summary["skipped_complete"] += 1
-            emit("skip", run, {"reason": "complete", "run_dir": str(run.run_dir(root)), "log": str(run.log_path(root))})
-        else:
-            queue.append(run)
-
     try:
-        if executor == "local":
-            _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, _LocalBackend(root))
-        else:
-            _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s,
-                      _RayBackend(ray_mod, root, ray_resources))
+        queue: list[GridRun] = []
+        for run in runs:
+            if run_state(run, root) == "complete":
+                summary["skipped_complete"] += 1
+                emit("skip", run, {"reason": "complete", "run_dir": str(run.run_dir(root)),
+                                   "log": str(run.log_path(root))})
+            else:
+                queue.append(run)
+        _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, backend, executor)
     finally:
-        if ray_mod is not None:
-            try:
-                ray_mod.shutdown()
-            except Exception:
-                pass
+        backend.close()
     summary["wall_s"] = time.time() - t_start
     return summary
 
 
-def _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, backend) -> None:
+def _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, backend, where) -> None:
     active: list[_Active] = []
     queue = list(queue)
     last_progress = 0.0
@@ -432,9 +436,11 @@ def _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, bac
                                        "log": str(run.log_path(root))})
                     continue
                 log = run.log_path(root)
+                cmd = run.command(root)
                 try:
+                    _log_header(log, run, cmd, where)
                     t0 = time.time()
-                    handle, cmd = backend.start(run, fd, log)
+                    handle = backend.submit(run, log, fd)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -445,7 +451,7 @@ def _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, bac
             for a in list(active):
                 if a.handle not in finished:
                     continue
-                code, tail = finished[a.handle]
+                code = finished[a.handle]
                 active.remove(a)
                 os.close(a.lock_fd)
                 _emit_progress(a, root, emit, force=False)
@@ -455,12 +461,10 @@ def _schedule(queue, root, workers, emit, summary, poll_s, progress_every_s, bac
                     summary["completed"] += 1
                     emit("done", a.run, info)
                 else:
-                    if tail is None:
-                        tail = log_tail(a.run.log_path(root))
-                    info["tail"] = tail
+                    info["tail"] = log_tail(a.run.log_path(root))
                     summary["failed"] += 1
                     summary["failed_runs"].append({"run_id": a.run.run_id, "log": info["log"],
-                                                   "exit_code": code, "tail": tail})
+                                                   "exit_code": code, "tail": info["tail"]})
                     emit("fail", a.run, info)
             if time.time() - last_progress >= progress_every_s:
                 last_progress = time.time()
@@ -484,175 +488,3 @@ def _emit_progress(a: _Active, root: Path, emit, force: bool) -> None:
     emit("progress", a.run, {"iteration": m.get("iteration"), "env_steps": m.get("env_steps"),
                              "n_iterations": a.n_iterations, "elapsed_s": time.time() - a.t0,
                              "metrics": m, "log": str(a.run.log_path(root))})
-
-
-class _LocalBackend:
-    """Each run is a child process; the run's lock fd is passed to it, so the lock lives as long as the
-    child even if the grid is killed."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def start(self, run: GridRun, lock_fd: int, log: Path):
-        cmd = run.command(self.root)
-        _log_header(log, run, cmd, "local")
-        with open(log, "ab") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    pass_fds=(lock_fd,), cwd=os.getcwd())
-        return proc, cmd
-
-    def poll(self, handles, timeout: float) -> dict:
-        deadline = time.time() + timeout
-        while True:
-            done = {p: (p.returncode, None) for p in handles if p.poll() is not None}
-            if done or not handles or time.time() >= deadline:
-                return done
-            time.sleep(min(0.1, max(0.0, deadline - time.time())))
-
-    def cancel(self, handles) -> None:
-        for p in handles:
-            if p.poll() is None:
-                try:
-                    p.terminate()
-                except OSError:
-                    pass
-        deadline = time.time() + 10
-        for p in handles:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-# ------------------------------------------------------------------------------------------------ Ray
-
-
-def _ray_tmpdir(root: Path) -> str:
-    d = os.environ.get("RAY_TMPDIR") or str(Path(root) / ".ray")
-    Path(d).mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    host, sep, port = address.rpartition(":")
-    if address.startswith("ray://"):
-        host, sep, port = address[len("ray://"):].rpartition(":")
-    if not sep or not port.isdigit():
-        raise BenchError(f"bad Ray address {address!r}; expected host:port (e.g. 127.0.0.1:6379) or 'auto'")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as e:
-        raise BenchError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start one with "
-                         f"`ray start --head` or fix the Ray address") from None
-
-
-def _ray_connect(address: str | None, root: Path):
-    if not address:
-        raise BenchError("executor 'ray' needs a Ray address (host:port of the head's GCS, or 'auto')")
-    if address != "auto":
-        _check_reachable(address)
-    try:
-        import ray
-    except ImportError:
-        raise BenchError("executor 'ray' needs Ray: pip install 'ray[default]'") from None
-    # The driver joins an existing cluster, whose session files live in the temp dir its head was started
-    # with (`ray start --temp-dir`); ray.init(_temp_dir=...) must not name another one (the driver looks
-    # for a node with that temp dir and fails). RAY_TMPDIR is set to a project-owned folder (`$RAY_TMPDIR`
-    # if set, else <root>/.ray) only while connecting, so Ray's default lookups never use the system
-    # temp's /tmp/ray; with address "auto" the cluster is then found from $RAY_ADDRESS or $RAY_TMPDIR.
-    tmp = _ray_tmpdir(root)
-    old_env = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, ignore_reinit_error=True)
-    except Exception as e:  # ConnectionError, TimeoutError, RuntimeError from ray
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BenchError(f"cannot connect to the Ray cluster at {address}: {msg}") from None
-    finally:
-        if old_env is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old_env
-    return ray
-
-
-def _ray_task_body(cli_args: list[str], log: str, env_extra: dict, cwd: str | None):
-    """Runs on a Ray worker: the same `bench run` command with the worker's Python; returns
-    (exit code, log tail). The child gets SIGTERM if the worker dies (Linux), so a cancelled or orphaned
-    task does not keep running without the driver's lock."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    def _pdeathsig():
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-
-    env = dict(os.environ, **env_extra)
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, *cli_args], stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, preexec_fn=_pdeathsig,
-                                cwd=cwd if cwd and os.path.isdir(cwd) else None)
-        try:
-            code = proc.wait()
-        except BaseException:
-            proc.terminate()
-            proc.wait()
-            raise
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64_000))
-            tail = "\n".join(f.read().decode("utf-8", "replace").splitlines()[-20:])
-    except OSError:
-        tail = ""
-    return code, tail
-
-
-class _RayBackend:
-    def __init__(self, ray, root: Path, resources: dict | None):
-        self.ray, self.root = ray, root
-        res = dict(resources or {})
-        num_cpus = res.pop("num_cpus", res.pop("CPU", 1))
-        num_gpus = res.pop("num_gpus", res.pop("GPU", 0))
-        opts: dict[str, Any] = {"num_cpus": num_cpus, "max_retries": 0}
-        if num_gpus:
-            opts["num_gpus"] = num_gpus
-        if res:
-            opts["resources"] = res
-        self.remote = ray.remote(**opts)(_ray_task_body)
-        self.env_extra = {k: os.environ[k] for k in ("DPPO_BENCH_CACHE",) if k in os.environ}
-
-    def start(self, run: GridRun, lock_fd: int, log: Path):
-        args = run.cli_args(self.root)
-        _log_header(log, run, ["python", *args], "ray")
-        ref = self.remote.remote(args, str(log), self.env_extra, os.getcwd())
-        return ref, ["python", *args]
-
-    def poll(self, handles, timeout: float) -> dict:
-        if not handles:
-            return {}
-        ready, _ = self.ray.wait(list(handles), num_returns=len(handles), timeout=timeout)
-        out = {}
-        for ref in ready:
-            try:
-                code, tail = self.ray.get(ref)
-            except Exception as e:
-                code, tail = -1, f"Ray task failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
-            out[ref] = (code, tail)
-        return out
-
-    def cancel(self, handles) -> None:
-        for ref in handles:
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:
-                pass

@@ -16,13 +16,15 @@ of the matrices (with a message) rather than padded with NaNs.
 
 Aggregates
 ----------
-IQM, mean, median and optimality gap (gamma = 1) with stratified-bootstrap percentile 95% CIs
-(`rly.get_interval_estimates`, `reps` default 2000) over all tasks ("all") and over the tasks of each
-suite; the probability of improvement P(algo > baseline) of each algorithm over the baseline ("dppo").
+The statistics of `bench.statistics` (default: every registered one; built-ins IQM, mean, median and
+optimality gap with gamma = 1) with stratified-bootstrap percentile 95% CIs (`rly.get_interval_estimates`,
+`reps` default 2000) over all tasks ("all") and over the tasks of each suite; the probability of
+improvement P(algo > baseline) of each algorithm over the baseline ("dppo").
 Reproducibility: with rliable 1.2.0 and arch 7, `random_state` does not make the bootstrap
 reproducible (it draws from NumPy's global RNG), so `np.random.seed(seed)` is called immediately before
-each rliable call: one call per scope with all algorithms (in the matrices' key order) and
-`aggregate_metrics` as the function, and one call per (scope, algorithm) pair for the probability of
+each rliable call: one call per scope with all algorithms (in the matrices' key order) and all chosen
+statistics in one function (`aggregate_metrics`), so they share the resamples and adding a statistic
+leaves the others' CIs unchanged; and one call per (scope, algorithm) pair for the probability of
 improvement.
 """
 
@@ -34,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.store import atomic_write_text
+from bench.statistics import Statistic, get_statistic, get_statistics
+from core.atomic import atomic_write_text
 
-METRICS = ("iqm", "mean", "median", "optimality_gap")
-METRIC_TITLES = {"iqm": "IQM", "mean": "Mean", "median": "Median", "optimality_gap": "Optimality gap"}
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
 
@@ -120,20 +121,20 @@ def score_matrices(records, tasks=None, algos=None, preset=None, last_n: int = 1
     return ScoreMatrices(scores, task_list, messages, pre, seeds, suites, common)
 
 
-def aggregate_metrics(scores: np.ndarray) -> np.ndarray:
-    """[IQM, mean, median, optimality gap] of an (n_runs, n_tasks) matrix, as rliable defines them."""
-    from rliable import metrics
-
-    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores),
-                     metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
+def aggregate_metrics(scores: np.ndarray, statistics: list[Statistic]) -> np.ndarray:
+    """Each statistic of an (n_runs, n_tasks) matrix, in order."""
+    return np.array([s.fn(scores) for s in statistics], dtype=float)
 
 
-def interval_estimates(scores: dict[str, np.ndarray], reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED):
-    """`(point, interval)` from `rly.get_interval_estimates(scores, aggregate_metrics, reps=reps)`."""
+def interval_estimates(scores: dict[str, np.ndarray], reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED,
+                       statistics: list[Statistic] | None = None):
+    """`(point, interval)` from `rly.get_interval_estimates` of `aggregate_metrics` (default statistics:
+    `get_statistics()`); `point[algo][j]` is statistic j."""
     from rliable import library as rly
 
+    statistics = get_statistics() if statistics is None else statistics
     np.random.seed(seed)
-    return rly.get_interval_estimates(scores, aggregate_metrics, reps=reps)
+    return rly.get_interval_estimates(scores, lambda x: aggregate_metrics(x, statistics), reps=reps)
 
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = DEFAULT_REPS,
@@ -156,31 +157,33 @@ def _scopes(sm: ScoreMatrices) -> list[tuple[str, list[int]]]:
 
 
 def leaderboard(sm: ScoreMatrices, reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED,
-                baseline: str = "dppo") -> pd.DataFrame:
+                baseline: str = "dppo", statistics: list[str] | None = None) -> pd.DataFrame:
     """One row per (scope, algorithm): scope is "all" or a suite name.
 
-    Columns: scope, algorithm, n_tasks, n_seeds, pretrained_mean, then for each metric in `METRICS`
-    the point estimate and `<metric>_lo`/`<metric>_hi` (95% CI), then `p_improve`, `p_improve_lo`,
-    `p_improve_hi` (P(algorithm > baseline); NaN for the baseline itself or when it is absent).
+    Columns: scope, algorithm, n_tasks, n_seeds, pretrained_mean, then for each statistic named in
+    `statistics` (default: all registered, `bench.statistics.list_statistics()`) the point estimate and
+    `<name>_lo`/`<name>_hi` (95% CI), then `p_improve`, `p_improve_lo`, `p_improve_hi`
+    (P(algorithm > baseline); NaN for the baseline itself or when it is absent).
     """
+    stats = get_statistics(statistics)
     cols = ["scope", "algorithm", "n_tasks", "n_seeds", "pretrained_mean"]
-    for m in METRICS:
-        cols += [m, f"{m}_lo", f"{m}_hi"]
+    for m in stats:
+        cols += [m.name, f"{m.name}_lo", f"{m.name}_hi"]
     cols += ["p_improve", "p_improve_lo", "p_improve_hi"]
     rows = []
     if not sm.scores:
         return pd.DataFrame(rows, columns=cols)
     for scope, idx in _scopes(sm):
         sub = {a: s[:, idx] for a, s in sm.scores.items()}
-        point, ci = interval_estimates(sub, reps=reps, seed=seed)
+        point, ci = interval_estimates(sub, reps=reps, seed=seed, statistics=stats)
         for a, a_scores in sub.items():
             row = {"scope": scope, "algorithm": a, "n_tasks": len(idx), "n_seeds": a_scores.shape[0],
                    "pretrained_mean": float(np.nanmean(sm.pretrained[a][:, idx])) if a in sm.pretrained
                    and np.isfinite(sm.pretrained[a][:, idx]).any() else float("nan")}
-            for j, m in enumerate(METRICS):
-                row[m] = float(point[a][j])
-                row[f"{m}_lo"] = float(ci[a][0][j])
-                row[f"{m}_hi"] = float(ci[a][1][j])
+            for j, m in enumerate(stats):
+                row[m.name] = float(point[a][j])
+                row[f"{m.name}_lo"] = float(ci[a][0][j])
+                row[f"{m.name}_hi"] = float(ci[a][1][j])
             if baseline in sub and a != baseline:
                 row["p_improve"], row["p_improve_lo"], row["p_improve_hi"] = probability_of_improvement(
                     a_scores, sub[baseline], reps=reps, seed=seed)
@@ -235,6 +238,12 @@ def _fmt(v: float, lo: float | None = None, hi: float | None = None) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def table_statistics(df: pd.DataFrame) -> list[Statistic]:
+    """The statistics a leaderboard frame holds (columns `name`, `name_lo`, `name_hi`), in column order."""
+    return [get_statistic(c) for c in df.columns
+            if c != "p_improve" and f"{c}_lo" in df.columns and f"{c}_hi" in df.columns]
+
+
 def display_table(df: pd.DataFrame, baseline: str = "dppo") -> pd.DataFrame:
     """The leaderboard as strings ("0.712 [0.650, 0.780]") for Markdown, HTML and the terminal."""
     out = pd.DataFrame({
@@ -242,8 +251,8 @@ def display_table(df: pd.DataFrame, baseline: str = "dppo") -> pd.DataFrame:
         "tasks": df["n_tasks"].astype(int).astype(str), "seeds": df["n_seeds"].astype(int).astype(str),
         "pre-trained mean": [_fmt(v) for v in df["pretrained_mean"]],
     })
-    for m in METRICS:
-        out[f"{METRIC_TITLES[m]} (95% CI)"] = [_fmt(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for _, r in df.iterrows()]
+    for m in table_statistics(df):
+        out[f"{m.label} (95% CI)"] = [_fmt(r[m.name], r[f"{m.name}_lo"], r[f"{m.name}_hi"]) for _, r in df.iterrows()]
     if df["p_improve"].notna().any():
         out[f"P(> {baseline}) (95% CI)"] = [_fmt(r["p_improve"], r["p_improve_lo"], r["p_improve_hi"])
                                             for _, r in df.iterrows()]
@@ -267,8 +276,10 @@ def write_leaderboard(df: pd.DataFrame, out_dir, baseline: str = "dppo",
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "leaderboard.csv", out_dir / "leaderboard.md"
     atomic_write_text(csv_path, df.to_csv(index=False))
+    lower = [m.label for m in table_statistics(df) if not m.higher_is_better]
     note = ("Scores: Gym = D4RL-normalised score / 100 (1.0 = expert); robomimic/furniture = success rate. "
-            "Point estimates with stratified-bootstrap 95% CIs (rliable). Optimality gap: lower is better.\n\n")
+            "Point estimates with stratified-bootstrap 95% CIs (rliable)."
+            + (f" {', '.join(lower)}: lower is better." if lower else "") + "\n\n")
     md = "# Leaderboard\n\n" + note + to_markdown(df, baseline)
     if tasks is not None:
         atomic_write_text(out_dir / "leaderboard_tasks.csv", tasks.to_csv(index=False))

@@ -1,12 +1,11 @@
 """Behaviour-cloning pre-training of the policies algorithms start from, cached by content.
 
-Three policy kinds (an algorithm names its own in `policy_kind`): the diffusion policy (denoising loss),
-and the Gaussian and GMM chunk policies (maximum likelihood), all trained on the same chunked data with
-the same optimiser settings and budget. The cache key hashes (policy kind, task, dataset checksum, chunk
-length Tp, the kind's architecture and the optimisation config): any change to the data or to a setting
-the policy depends on gives a new checkpoint `<kind>-<key>.pt`; `bench run` reuses a match. The
-diffusion key is unchanged from before the other kinds existed, so cached diffusion policies stay valid.
-The saved weights are the EMA weights (used for evaluation and as the fine-tuning start).
+Policy kinds (an algorithm names its own in `policy_kind`) come from the registry in
+`algorithms/policies.py`; each builds its policy and BC loss. Every kind trains on the same chunked data
+with the same optimiser settings and budget. The cache key hashes (policy kind, task, dataset checksum,
+chunk length Tp, the kind's resolved architecture and the optimisation config): any change to the data
+or to a setting the policy depends on gives a new checkpoint `<kind>-<key>.pt`; `bench run` reuses a
+match. The saved weights are the EMA weights (used for evaluation and as the fine-tuning start).
 """
 
 from __future__ import annotations
@@ -22,87 +21,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.diffusion import DiffusionPolicy
-from algorithms.gaussian import GaussianPolicy, GMMPolicy
-from algorithms.networks import DenoisingMLP, check_residual_mlp
-from bench.config import PretrainConfig, apply_overrides, flatten
-from bench.errors import BenchError
-from bench.store import atomic_torch_save
-from envs.datasets import TransitionDataset, cache_root
+from algorithms.policies import DIFFUSION_FIELDS, get_policy_kind
+from bench.config import PretrainConfig, apply_overrides, flatten, pretrain_config
+from core.atomic import atomic_torch_save
+from core.errors import BenchError
+from core.paths import cache_root
+from envs.datasets import TransitionDataset
 from envs.vector import Normalizer
 
-FORMAT_VERSION = 1
-
-
-POLICY_KINDS = ("diffusion", "gaussian", "gmm")
-# PretrainConfig fields that only the diffusion policy depends on, and the per-kind architecture sections
-DIFFUSION_FIELDS = ("denoising_steps", "hidden_dims", "time_dim", "activation", "residual", "denoised_clip")
-ARCH_SECTIONS = ("gaussian", "gmm")
-
-
-def check_policy_kind(kind: str) -> str:
-    if kind not in POLICY_KINDS:
-        raise BenchError(f"unknown policy kind {kind!r}; valid policy kinds: {', '.join(POLICY_KINDS)}")
-    return kind
-
-
-def build_diffusion_policy(obs_dim: int, act_dim: int, horizon_steps: int, cfg: PretrainConfig) -> DiffusionPolicy:
-    net = DenoisingMLP(obs_dim, horizon_steps, act_dim, tuple(cfg.hidden_dims), cfg.time_dim, cfg.activation,
-                       cfg.residual)
-    return DiffusionPolicy(net, cfg.denoising_steps, cfg.denoised_clip)
-
-
-def architecture(kind: str, cfg: PretrainConfig) -> dict:
-    """The `kind` policy's architecture section with its defaults (None) resolved to the diffusion MLP's."""
-    arch = dataclasses.asdict(getattr(cfg, kind))
-    for name in ("hidden_dims", "activation", "residual"):
-        if arch[name] is None:
-            arch[name] = getattr(cfg, name)
-    arch["hidden_dims"] = tuple(arch["hidden_dims"])
-    return arch
+FORMAT_VERSION = 2  # 2: one key layout for every kind (diffusion keys of version 1 are not reused)
 
 
 def check_architecture(kind: str, cfg: PretrainConfig) -> None:
-    """BenchError for an unknown kind or bad values in its architecture section."""
-    check_policy_kind(kind)
-    if kind == "diffusion":
-        check_residual_mlp(tuple(cfg.hidden_dims), cfg.residual, "pretrain.residual", "pretrain.hidden_dims")
-        return
-    arch = architecture(kind, cfg)
-    check_residual_mlp(arch["hidden_dims"], arch["residual"], f"pretrain.{kind}.residual",
-                       f"pretrain.{kind}.hidden_dims")
-    if arch["fixed_std"] <= 0:
-        raise BenchError(f"pretrain.{kind}.fixed_std must be positive, got {arch['fixed_std']}")
-    if kind == "gmm" and arch["n_modes"] < 1:
-        raise BenchError(f"pretrain.gmm.n_modes must be at least 1, got {arch['n_modes']}")
-    if kind == "gaussian" and not 0 < arch["state_std_min"] <= arch["state_std_max"]:
-        raise BenchError(f"need 0 < pretrain.gaussian.state_std_min <= state_std_max, got "
-                         f"{arch['state_std_min']}, {arch['state_std_max']}")
+    """BenchError for an unknown kind or bad values in its architecture."""
+    get_policy_kind(kind).check(cfg)
 
 
 def build_policy(kind: str, obs_dim: int, act_dim: int, horizon_steps: int, cfg: PretrainConfig):
     """The (untrained) policy of `kind` with the architecture in `cfg`."""
-    check_architecture(kind, cfg)
-    if kind == "diffusion":
-        return build_diffusion_policy(obs_dim, act_dim, horizon_steps, cfg)
-    a = architecture(kind, cfg)
-    mlp_args = (obs_dim, horizon_steps, act_dim, a["hidden_dims"], a["activation"], a["residual"])
-    if kind == "gmm":
-        return GMMPolicy(*mlp_args, a["n_modes"], a["fixed_std"])
-    return GaussianPolicy(*mlp_args, a["std"], a["fixed_std"], a["state_std_min"], a["state_std_max"])
+    policy_kind = get_policy_kind(kind)
+    policy_kind.check(cfg)
+    return policy_kind.build(obs_dim, act_dim, horizon_steps, cfg)
+
+
+def build_diffusion_policy(obs_dim: int, act_dim: int, horizon_steps: int, cfg: PretrainConfig):
+    return build_policy("diffusion", obs_dim, act_dim, horizon_steps, cfg)
+
+
+def training_config(cfg: PretrainConfig) -> dict:
+    """The optimisation fields of `cfg`: everything but the architecture fields and kind sections."""
+    base = {f.name for f in dataclasses.fields(PretrainConfig)} - set(DIFFUSION_FIELDS)
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in base}
 
 
 def pretrain_key(task: str, data_checksum: str, horizon_steps: int, cfg: PretrainConfig,
                  kind: str = "diffusion") -> str:
-    """Hash of what the pre-trained `kind` policy depends on (the diffusion blob is the historical one)."""
-    full = dataclasses.asdict(cfg)
-    common = {k: v for k, v in full.items() if k not in ARCH_SECTIONS}
-    if kind == "diffusion":
-        content = {"v": FORMAT_VERSION, "task": task, "data": data_checksum, "Tp": horizon_steps, "cfg": common}
-    else:
-        train = {k: v for k, v in common.items() if k not in DIFFUSION_FIELDS}
-        content = {"v": FORMAT_VERSION, "kind": kind, "task": task, "data": data_checksum, "Tp": horizon_steps,
-                   "train": train, "arch": architecture(kind, cfg)}
+    """Hash of what the pre-trained `kind` policy depends on."""
+    content = {"v": FORMAT_VERSION, "kind": kind, "task": task, "data": data_checksum, "Tp": horizon_steps,
+               "train": training_config(cfg), "arch": get_policy_kind(kind).architecture(cfg)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -179,7 +135,7 @@ def pretrain_diffusion(task: str, obs_dim: int, act_dim: int, ds: TransitionData
 
 
 def pretrain_config_from_dict(d: dict) -> PretrainConfig:
-    cfg = PretrainConfig()
+    cfg = pretrain_config()
     apply_overrides(cfg, flatten(d), "pre-trained checkpoint")
     return cfg
 

@@ -3,9 +3,10 @@
 `make_report` writes `report.html` (every figure embedded as a base64 PNG; no external URL), plus each
 figure as PNG and PDF under `figures/`, and the leaderboard files (`leaderboard.csv`, `leaderboard.md`).
 Figures: sample-efficiency curves per task (score vs env steps, mean over seeds with a 95% bootstrap CI
-band, one line per algorithm), aggregate metrics with 95% CIs (IQM, mean, median, optimality gap),
-performance profiles, and the probability of improvement over the baseline (when there is more than one
-algorithm). Scores are those of `bench.results` / `bench.leaderboard`.
+band, one line per algorithm), the leaderboard's aggregate statistics with 95% CIs (`bench.statistics`:
+IQM, mean, median, optimality gap and any registered), performance profiles, and the probability of
+improvement over the baseline (when there is more than one algorithm). Scores are those of
+`bench.results` / `bench.leaderboard`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import leaderboard as lb
-from bench.store import atomic_write_text
+from core.atomic import atomic_write_text
 
 
 def _plt():
@@ -82,12 +83,13 @@ def _save(fig, name: str, fig_dir: Path) -> str:
 
 def make_report(records, out_dir, tasks=None, algos=None, preset=None, last_n: int = 1,
                 reps: int = lb.DEFAULT_REPS, seed: int = lb.DEFAULT_SEED, baseline: str = "dppo",
-                warnings=(), title: str = "dppo-bench report") -> Path:
+                warnings=(), title: str = "dppo-bench report", statistics: list[str] | None = None) -> Path:
     """Write `out_dir/report.html`, `out_dir/figures/*.png|pdf` and the leaderboard files.
 
     Returns the path of `report.html`. `records` come from `bench.results.scan_runs`; `warnings` (e.g.
     the scan's) are listed in the page. The probability of improvement is taken over `baseline`, or
-    over the first algorithm when `baseline` has no runs.
+    over the first algorithm when `baseline` has no runs. `statistics` names the aggregate statistics
+    (default: every registered one).
     """
     from rliable import library as rly
     from rliable import plot_utils
@@ -99,7 +101,7 @@ def make_report(records, out_dir, tasks=None, algos=None, preset=None, last_n: i
     algo_names = list(sm.scores)
     if baseline not in sm.scores and algo_names:
         baseline = algo_names[0]
-    df = lb.leaderboard(sm, reps=reps, seed=seed, baseline=baseline)
+    df = lb.leaderboard(sm, reps=reps, seed=seed, baseline=baseline, statistics=statistics)
     lb.write_leaderboard(df, out_dir, baseline=baseline)
     colors = _colors(sorted({r.algo for r in records} | set(algo_names)))
     sections: list[str] = []
@@ -135,18 +137,19 @@ def make_report(records, out_dir, tasks=None, algos=None, preset=None, last_n: i
     sections.append('<h2>Sample efficiency</h2>\n<div class="grid">' + "".join(parts) + "</div>")
 
     if sm.scores:
-        # 2. aggregate metrics (all tasks)
+        # 2. aggregate statistics (all tasks)
         all_rows = df[df["scope"] == "all"].set_index("algorithm")
-        point = {a: np.array([all_rows.loc[a, m] for m in lb.METRICS]) for a in algo_names}
-        ci = {a: np.array([[all_rows.loc[a, f"{m}_lo"] for m in lb.METRICS],
-                           [all_rows.loc[a, f"{m}_hi"] for m in lb.METRICS]]) for a in algo_names}
+        stats = lb.table_statistics(df)
+        point = {a: np.array([all_rows.loc[a, m.name] for m in stats]) for a in algo_names}
+        ci = {a: np.array([[all_rows.loc[a, f"{m.name}_lo"] for m in stats],
+                           [all_rows.loc[a, f"{m.name}_hi"] for m in stats]]) for a in algo_names}
         fig, _ = plot_utils.plot_interval_estimates(
-            point, ci, metric_names=[lb.METRIC_TITLES[m] for m in lb.METRICS], algorithms=algo_names,
+            point, ci, metric_names=[m.label for m in stats], algorithms=algo_names,
             colors={a: colors[a] for a in algo_names}, xlabel="Score",
             row_height=0.45, xlabel_y_coordinate=-0.6 / (0.45 * max(1, len(algo_names))))
         sections.append("<h2>Aggregate metrics (all tasks, 95% stratified-bootstrap CIs)</h2>"
                         + img(_save(fig, "aggregates", fig_dir), "aggregates",
-                              "IQM, mean, median and optimality gap with 95% CIs"))
+                              f"{', '.join(m.label for m in stats)} with 95% CIs"))
 
         # 3. performance profiles
         all_scores = np.concatenate([s.ravel() for s in sm.scores.values()])

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.runstore import RunStore, runs_root
+
 _SEED_RE = re.compile(r"^seed(\d+)$")
 _REQUIRED_EVAL_COLUMNS = ("iteration", "env_steps")
 
@@ -90,23 +92,22 @@ def eval_scores(df: pd.DataFrame, metric: str) -> np.ndarray:
     return df["return_mean"].to_numpy(dtype=float)
 
 
-def _load_run(d: Path, task: str, algo: str, seed: int) -> RunRecord:
-    summary = json.loads((d / "summary.json").read_text())
+def _load_run(run: RunStore, task: str, algo: str, seed: int) -> RunRecord:
+    summary = json.loads(run.summary.read_text())
     if not isinstance(summary, dict):
-        raise TypeError("summary.json is not a JSON object")
+        raise TypeError(f"{run.summary.name} is not a JSON object")
     cfg: dict = {}
-    cfg_path = d / "config.json"
-    if cfg_path.exists():
-        raw = json.loads(cfg_path.read_text())
+    if run.config.exists():
+        raw = json.loads(run.config.read_text())
         if not isinstance(raw, dict):
-            raise TypeError("config.json is not a JSON object")
+            raise TypeError(f"{run.config.name} is not a JSON object")
         cfg = raw.get("config", {}) or {}
-    eval_path = d / "eval.csv"
-    if not eval_path.exists():
-        raise ValueError("eval.csv is missing")
-    df = pd.read_csv(eval_path)
+    evals = run.evals.name
+    if not run.evals.exists():
+        raise ValueError(f"{evals} is missing")
+    df = pd.read_csv(run.evals)
     if len(df) == 0:
-        raise ValueError("eval.csv has no rows")
+        raise ValueError(f"{evals} has no rows")
     missing = [c for c in _REQUIRED_EVAL_COLUMNS if c not in df.columns]
     metric = str(summary.get("metric") or cfg.get("metric") or "return")
     needed = ["success_rate"] if metric == "success_rate" else []
@@ -114,11 +115,11 @@ def _load_run(d: Path, task: str, algo: str, seed: int) -> RunRecord:
         needed.append("return_mean")
     missing += [c for c in needed if c not in df.columns]
     if missing:
-        raise ValueError(f"eval.csv lacks column(s) {', '.join(missing)}")
+        raise ValueError(f"{evals} lacks column(s) {', '.join(missing)}")
     df = df.sort_values("iteration", kind="stable").reset_index(drop=True)
     scores = eval_scores(df, metric)
     if not np.all(np.isfinite(scores)):
-        raise ValueError("eval.csv has non-numeric or missing scores")
+        raise ValueError(f"{evals} has non-numeric or missing scores")
     return RunRecord(
         task=str(summary.get("task", task)),
         algo=str(summary.get("algorithm", algo)),
@@ -127,7 +128,7 @@ def _load_run(d: Path, task: str, algo: str, seed: int) -> RunRecord:
         suite=str(summary.get("suite", cfg.get("suite", "")) or "unknown"),
         metric=metric,
         eval=df,
-        path=d,
+        path=run.dir,
         summary=summary,
     )
 
@@ -145,7 +146,7 @@ def scan_runs(root, *, with_counts: bool = False):
     records: list[RunRecord] = []
     warnings: list[str] = []
     n_incomplete = 0
-    runs = root / "runs"
+    runs = runs_root(root)
     if not runs.is_dir():
         warnings.append(f"no results store at {runs}")
     else:
@@ -155,16 +156,17 @@ def scan_runs(root, *, with_counts: bool = False):
                     m = _SEED_RE.match(seed_dir.name)
                     if not m or not seed_dir.is_dir():
                         continue
-                    if not (seed_dir / "summary.json").exists():
+                    run = RunStore(seed_dir)
+                    if not run.complete():
                         n_incomplete += 1
                         continue
                     try:
-                        records.append(_load_run(seed_dir, task_dir.name, algo_dir.name, int(m.group(1))))
+                        records.append(_load_run(run, task_dir.name, algo_dir.name, int(m.group(1))))
                     except Exception as e:  # noqa: BLE001 - a corrupt run must never crash the scan
                         rel = seed_dir.relative_to(root) if seed_dir.is_relative_to(root) else seed_dir
                         warnings.append(f"skipped corrupt run {rel}: {type(e).__name__}: {e}")
     if n_incomplete:
-        warnings.append(f"skipped {n_incomplete} incomplete run(s) (no summary.json)")
+        warnings.append(f"skipped {n_incomplete} incomplete run(s) (no {RunStore(runs).summary.name})")
     records.sort(key=lambda r: (r.task, r.algo, r.seed))
     if with_counts:
         return ScanResult(records, warnings, n_incomplete)

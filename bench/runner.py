@@ -1,14 +1,8 @@
 """The harness: one seeded run of (task, algorithm) from data to results.
 
 It owns the loop (collect a rollout, let the algorithm update), the env-step budget, seeding, the
-evaluation schedule, metric logging, checkpoints and resume. Files of a run (`run_dir`):
-
-    config.json      resolved config + command line          (written at start)
-    versions.json    package versions, dataset checksum, pre-trained checkpoint key
-    metrics.csv      one row per iteration                    (rewritten atomically every iteration)
-    eval.csv         one row per evaluation
-    checkpoints/last.pt   everything needed to resume (algorithm, optimisers, scaler, RNGs, env states)
-    summary.json     written last: a run is complete iff it exists
+evaluation schedule, metric logging, checkpoints and resume. The files of a run are `core.runstore.RunStore`'s.
+A run's pieces are built from one `RunContext` (the resolved config, its task and device).
 """
 
 from __future__ import annotations
@@ -16,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import json
 import math
 import platform
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -30,8 +26,9 @@ import torch
 from algorithms.base import AlgoContext, Algorithm, Rollout
 from algorithms.registry import get_algorithm
 from bench.config import RunConfig, flatten, run_config_from_dict, to_dict
-from bench.errors import BenchError
-from bench.store import atomic_torch_save, atomic_write_csv, atomic_write_json
+from core.errors import BenchError
+from core.atomic import atomic_torch_save, atomic_write_csv, atomic_write_json
+from core.runstore import RunStore
 from envs.tasks import TaskSpec, get_task
 from envs.vector import Normalizer, TaskVectorEnv
 
@@ -68,6 +65,23 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def git_revision() -> str | None:
+    """The checkout's commit, with "-dirty" when tracked files have changes; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        if rev.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def versions() -> dict:
     import gymnasium
     import mujoco
@@ -78,6 +92,7 @@ def versions() -> dict:
         out["robosuite"] = importlib.metadata.version("robosuite")
     except importlib.metadata.PackageNotFoundError:
         pass
+    out["git_revision"] = git_revision()
     return out
 
 
@@ -85,57 +100,54 @@ def versions() -> dict:
 # Building the pieces
 
 
-@dataclass
-class Prepared:
+@dataclass(frozen=True)
+class RunContext:
+    """What every piece of a run is built from: the resolved config, its task and the torch device."""
+
     cfg: RunConfig
     task: TaskSpec
-    algo: Algorithm
-    normalizer: Normalizer
-    pretrained_meta: dict
     device: torch.device
 
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "RunContext":
+        return cls(cfg, get_task(cfg.task), resolve_device(cfg.device))
 
-def prepare_policy(cfg: RunConfig, log=print, progress=None):
+
+def prepare_policy(ctx: RunContext, log=print, progress=None):
     """Dataset (made if missing) -> the pre-trained policy of the algorithm's `policy_kind` (cached);
     returns (policy, normalizer, meta)."""
     from bench.pretrain import check_architecture, load_pretrained, pretrain_policy
     from envs.datasets import load_dataset
 
-    task = get_task(cfg.task)
+    cfg, task = ctx.cfg, ctx.task
     kind = get_algorithm(cfg.algorithm).policy_kind
     check_architecture(kind, cfg.pretrain)  # before any data is made
-    tp = cfg.env.horizon_steps or task.horizon_steps
     ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log, data=cfg.data)
-    device = resolve_device(cfg.device)
-    path = pretrain_policy(kind, cfg.task, task.obs_dim, task.act_dim, ds, tp, cfg.pretrain, str(device), progress)
-    policy, norm, meta = load_pretrained(path, str(device))
+    path = pretrain_policy(kind, cfg.task, task.obs_dim, task.act_dim, ds, cfg.env.horizon_steps, cfg.pretrain,
+                           str(ctx.device), progress)
+    policy, norm, meta = load_pretrained(path, str(ctx.device))
     meta = {k: meta[k] for k in ("key", "policy_kind", "data_checksum", "data_source", "wall_s")} | {"path": str(path)}
     return policy, norm, meta
 
 
-def build_algorithm(cfg: RunConfig, policy, device: torch.device) -> Algorithm:
-    task = get_task(cfg.task)
-    ctx = AlgoContext(obs_dim=task.obs_dim, act_dim=task.act_dim,
-                      horizon_steps=cfg.env.horizon_steps or task.horizon_steps,
-                      act_steps=cfg.env.act_steps or task.act_steps, n_envs=cfg.env.n_envs,
-                      n_steps=cfg.train.n_steps, n_iterations=cfg.train.n_iterations, suite=task.suite,
-                      device=device)
-    if ctx.act_steps > ctx.horizon_steps:
-        raise BenchError(f"env.act_steps ({ctx.act_steps}) cannot exceed env.horizon_steps ({ctx.horizon_steps})")
-    return get_algorithm(cfg.algorithm)(cfg.algo, ctx, policy)
+def build_algorithm(ctx: RunContext, policy) -> Algorithm:
+    cfg, task = ctx.cfg, ctx.task
+    algo_ctx = AlgoContext(obs_dim=task.obs_dim, act_dim=task.act_dim, horizon_steps=cfg.env.horizon_steps,
+                           act_steps=cfg.env.act_steps, n_envs=cfg.env.n_envs, n_steps=cfg.train.n_steps,
+                           n_iterations=cfg.train.n_iterations, suite=task.suite, device=ctx.device)
+    return get_algorithm(cfg.algorithm)(cfg.algo, algo_ctx, policy)
 
 
-def make_env(cfg: RunConfig, norm: Normalizer, n_envs: int) -> TaskVectorEnv:
+def make_env(ctx: RunContext, norm: Normalizer, n_envs: int) -> TaskVectorEnv:
     from envs.datasets import dataset_env_kwargs
 
-    task = get_task(cfg.task)
+    cfg, task = ctx.cfg, ctx.task
     env_kwargs = dataset_env_kwargs(cfg.task, cfg.data.source)
     if env_kwargs:  # build the envs the way the data's env was built
         task = dataclasses.replace(task, make_env=functools.partial(task.make_env, env_kwargs=env_kwargs))
     if cfg.env.sim != "mujoco":
         task = dataclasses.replace(task, make_env=functools.partial(task.make_env, sim=cfg.env.sim))
-    return TaskVectorEnv(task, n_envs, cfg.env.act_steps or task.act_steps, norm, cfg.env.max_episode_steps,
-                         cfg.env.vector)
+    return TaskVectorEnv(task, n_envs, cfg.env.act_steps, norm, cfg.env.max_episode_steps, cfg.env.vector)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,48 +268,44 @@ def _finite(metrics: dict, iteration: int) -> None:
 
 def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "", log=print,
         progress=None, pretrain_progress=None) -> dict:
-    """Train, evaluate and write one run; returns the summary. Resumes from checkpoints/last.pt."""
-    from bench.store import run_dir
-
-    rdir = run_dir(out_root, cfg.task, cfg.algorithm, cfg.seed)
-    ckpt_path = rdir / "checkpoints" / "last.pt"
-    if (rdir / "summary.json").exists():
+    """Train, evaluate and write one run; returns the summary. Resumes from the run's last checkpoint."""
+    store = RunStore.of(out_root, cfg.task, cfg.algorithm, cfg.seed)
+    rdir = store.dir
+    if store.complete():
         if resume:
             log(f"run {rdir} is already complete")
-            import json
-
-            return json.loads((rdir / "summary.json").read_text())
+            return json.loads(store.summary.read_text())
         raise BenchError(f"run {rdir} already exists and is complete; use another --out or --seed, or delete it")
     if rdir.exists() and any(rdir.iterdir()) and not resume:
         raise BenchError(f"run {rdir} exists but is incomplete; continue it with --resume")
     state = None
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    if resume and store.checkpoint.exists():
+        state = load_checkpoint(store.checkpoint)
         saved = run_config_from_dict(state["config"])
         if to_dict(saved) != to_dict(cfg):
             saved_flat = flatten(to_dict(saved))
             diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if saved_flat.get(k) != v)
             raise BenchError(f"cannot resume {rdir}: config differs from the checkpoint in {', '.join(diff)}")
 
-    device = resolve_device(cfg.device)
+    ctx = RunContext.of(cfg)
+    device, task = ctx.device, ctx.task
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    task = get_task(cfg.task)
-    policy, norm, pre_meta = prepare_policy(cfg, log, pretrain_progress)
+    policy, norm, pre_meta = prepare_policy(ctx, log, pretrain_progress)
     seed_everything(cfg.seed)
-    algo = build_algorithm(cfg, policy, device)
-    env = make_env(cfg, norm, cfg.env.n_envs)
-    eval_env = make_env(cfg, norm, cfg.eval.n_envs)
+    algo = build_algorithm(ctx, policy)
+    env = make_env(ctx, norm, cfg.env.n_envs)
+    eval_env = make_env(ctx, norm, cfg.eval.n_envs)
     tracker = EpisodeTracker(cfg.env.n_envs)
     eval_seed = cfg.eval.seed + cfg.seed
     obs = env.reset(seed=cfg.seed)
     if state is None:
         rdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.csv", "eval.csv"):
-            (rdir / stale).unlink(missing_ok=True)
-        atomic_write_json(rdir / "config.json", {"config": to_dict(cfg), "command": command})
-        atomic_write_json(rdir / "versions.json", {"versions": versions(), "dataset_checksum": pre_meta["data_checksum"],
-                                                   "dataset_source": pre_meta["data_source"], "pretrained": pre_meta})
+        for stale in (store.metrics, store.evals):
+            stale.unlink(missing_ok=True)
+        atomic_write_json(store.config, {"config": to_dict(cfg), "command": command})
+        atomic_write_json(store.versions, {"versions": versions(), "dataset_checksum": pre_meta["data_checksum"],
+                                           "dataset_source": pre_meta["data_source"], "pretrained": pre_meta})
         start_itr, env_steps, wall_before, rows, evals = 0, 0, 0.0, [], []
     else:
         algo.load_state_dict(state["algo"])
@@ -321,7 +329,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         row = {"iteration": itr, "env_steps": env_steps, **{k: v for k, v in res.items() if k != "returns"},
                "eval_s": time.time() - t}
         evals.append(row)
-        atomic_write_csv(rdir / "eval.csv", evals)
+        atomic_write_csv(store.evals, evals)
         return row
 
     if start_itr == 0 and not evals:
@@ -344,12 +352,12 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
                "cpu_s": cpu_before + time.process_time() - cpu_start, **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
                "env_steps_per_s": steps / max(t2 - t0, 1e-9), **algo_metrics}
         rows.append(row)
-        atomic_write_csv(rdir / "metrics.csv", rows)
+        atomic_write_csv(store.metrics, rows)
         last = itr + 1 == n_itr
         if (itr + 1) % cfg.eval.every == 0 or last:
             do_eval(itr + 1)
         if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
-            save_checkpoint(ckpt_path, cfg, algo, policy, norm, itr + 1, env_steps,
+            save_checkpoint(store.checkpoint, cfg, algo, policy, norm, itr + 1, env_steps,
                             wall_before + time.time() - t_start, tracker, env, obs, rows, evals)
         if progress:
             progress.update(itr + 1, env_steps, row, evals[-1])
@@ -358,7 +366,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
     eval_env.close()
     summary = make_summary(cfg, task, evals, rows, env_steps, wall_before + time.time() - t_start, pre_meta)
     summary["cpu_s"] = cpu_before + time.process_time() - cpu_start
-    atomic_write_json(rdir / "summary.json", summary)
+    atomic_write_json(store.summary, summary)
     return summary
 
 
@@ -451,32 +459,32 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def load_for_eval(path: Path, device_name: str = "cpu"):
-    """A run directory or checkpoint -> (cfg, algorithm with the fine-tuned weights, normalizer, state)."""
+    """A run directory or checkpoint -> (RunContext, algorithm with the fine-tuned weights, normalizer, state)."""
     from bench.pretrain import build_policy
 
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = RunStore(path).checkpoint
     if not path.exists():
         raise BenchError(f"no checkpoint at {path}")
     state = load_checkpoint(path)
     cfg = run_config_from_dict(state["config"])
     cfg.device = device_name
-    device = resolve_device(device_name)
-    task = get_task(cfg.task)
-    policy = build_policy(get_algorithm(cfg.algorithm).policy_kind, task.obs_dim, task.act_dim,
-                          cfg.env.horizon_steps or task.horizon_steps, cfg.pretrain)
+    ctx = RunContext.of(cfg)
+    policy = build_policy(get_algorithm(cfg.algorithm).policy_kind, ctx.task.obs_dim, ctx.task.act_dim,
+                          cfg.env.horizon_steps, cfg.pretrain)
     policy.load_state_dict(state["pretrained"])
-    algo = build_algorithm(cfg, policy.to(device), device)
+    algo = build_algorithm(ctx, policy.to(ctx.device))
     algo.load_state_dict(state["algo"])
-    return cfg, algo, Normalizer.from_state_dict(state["normalizer"]), state
+    return ctx, algo, Normalizer.from_state_dict(state["normalizer"]), state
 
 
 def eval_checkpoint(path: Path, n_episodes: int | None = None, seed: int | None = None, device: str = "cpu") -> dict:
-    cfg, algo, norm, state = load_for_eval(path, device)
+    ctx, algo, norm, state = load_for_eval(path, device)
+    cfg = ctx.cfg
     n_envs = min(cfg.eval.n_envs, n_episodes or cfg.eval.n_episodes)
-    env = make_env(cfg, norm, n_envs)
+    env = make_env(ctx, norm, n_envs)
     res = evaluate(algo, env, n_episodes or cfg.eval.n_episodes,
-                   cfg.eval.seed + cfg.seed if seed is None else seed, resolve_device(device))
+                   cfg.eval.seed + cfg.seed if seed is None else seed, ctx.device)
     env.close()
     return {"task": cfg.task, "algorithm": cfg.algorithm, "seed": cfg.seed, "iteration": state["iteration"], **res}

@@ -210,7 +210,7 @@ def _save(path: Path, task_name, best, cfg, history, low, high) -> None:
 
 
 def load_behavior_policy(task_name: str, policy_dir: Path = POLICY_DIR) -> SquashedGaussianActor:
-    from bench.errors import BenchError
+    from core.errors import BenchError
     from envs.tasks import get_task
 
     path = policy_dir / f"{task_name}.pt"

@@ -10,75 +10,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError
-from bench.store import atomic_write_json, atomic_path
+from core.errors import BenchError
+from core.atomic import atomic_path, atomic_write_json
+from core.paths import cache_root
+from envs.transitions import D4RL_KEYS, TransitionDataset  # noqa: F401 (TransitionDataset re-exported)
 
-D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
-
-
-def cache_root() -> Path:
-    """Where datasets and pre-trained policies are cached ($DPPO_BENCH_CACHE, default ~/.cache/dppo-bench)."""
-    return Path(os.environ.get("DPPO_BENCH_CACHE", Path.home() / ".cache" / "dppo-bench"))
 
 
 @dataclass
-class TransitionDataset:
-    observations: np.ndarray  # (N, obs_dim) float32
-    actions: np.ndarray  # (N, act_dim) float32
-    rewards: np.ndarray  # (N,) float32
-    terminals: np.ndarray  # (N,) bool: true environment termination
-    timeouts: np.ndarray  # (N,) bool: episode cut without termination (time limit or data end)
-    source: str = ""
+class DataConfig:
+    """The `data` section of a run's config: which offline dataset pre-training uses."""
 
-    def __post_init__(self):
-        n = len(self.observations)
-        if not all(len(x) == n for x in (self.actions, self.rewards, self.terminals, self.timeouts)):
-            raise BenchError(f"dataset {self.source}: arrays have different lengths")
-        if n == 0:
-            raise BenchError(f"dataset {self.source} is empty")
-        for name in ("observations", "actions", "rewards"):
-            if not np.isfinite(getattr(self, name)).all():
-                raise BenchError(f"dataset {self.source}: non-finite values in {name}")
-        self.timeouts = self.timeouts.copy()
-        self.timeouts[-1] |= not self.terminals[-1]  # the data's end closes the last episode
-
-    @property
-    def checksum(self) -> str:
-        h = hashlib.sha256()
-        for name in D4RL_KEYS:
-            h.update(np.ascontiguousarray(getattr(self, name)).tobytes())
-        return h.hexdigest()
-
-    def episode_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, ends) with ends exclusive."""
-        ends = np.flatnonzero(self.terminals | self.timeouts) + 1
-        starts = np.concatenate([[0], ends[:-1]])
-        return starts, ends
-
-    def episode_returns(self) -> np.ndarray:
-        starts, _ = self.episode_bounds()
-        return np.add.reduceat(self.rewards.astype(np.float64), starts)
-
-    def chunk_starts(self, horizon_steps: int) -> np.ndarray:
-        """Indices i whose chunk i..i+Tp-1 lies inside one episode (as DPPO's sequence dataset)."""
-        starts, ends = self.episode_bounds()
-        last_valid = np.repeat(ends - horizon_steps, ends - starts)
-        return np.flatnonzero(np.arange(len(self.observations)) <= last_valid)
-
-    def check_dims(self, obs_dim: int, act_dim: int, task: str) -> None:
-        if self.observations.ndim != 2 or self.actions.ndim != 2:
-            raise BenchError(f"dataset {self.source}: observations and actions must be 2-D (N, dim), got "
-                             f"shapes {self.observations.shape} and {self.actions.shape}")
-        if self.observations.shape[1] != obs_dim or self.actions.shape[1] != act_dim:
-            raise BenchError(
-                f"dataset {self.source} has obs/action dims {self.observations.shape[1]}/"
-                f"{self.actions.shape[1]}, task {task!r} needs {obs_dim}/{act_dim}")
+    source: str = "builtin"
+    """'builtin' (made by `bench data make`), a D4RL- or robomimic-format .hdf5 path, or 'minari:<dataset id>'"""
+    n_transitions: int = 200_000
+    """size of the built-in dataset (D4RL used 1M); Gym and test tasks"""
+    seed: int = 0
+    """seed of the built-in dataset's rollouts"""
+    n_demos: int = 300
+    """robomimic tasks: successful scripted-expert demos in the built-in dataset (robomimic mh has 300)"""
+    demo_quality: Literal["ph", "mh", "better", "okay", "worse"] = "mh"
+    """robomimic tasks: built-in demonstrators, 'ph' proficient, 'mh' six operators of mixed skill (as
+    DPPO's pre-training data), or only mh's 'better' / 'okay' / 'worse' operators"""
+    filter_key: str | None = None
+    """robomimic files: use only the demos of this mask (e.g. train, valid, better); None: all demos"""
 
 
 def write_d4rl_hdf5(path: Path, ds: TransitionDataset, next_observations: np.ndarray | None = None,
@@ -232,7 +193,6 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
 
     `data` (the run's DataConfig) is passed to a task's own `builtin_dataset` hook; without it one is
     built from (source, n_transitions, seed)."""
-    from bench.config import DataConfig
     from envs.tasks import get_task
 
     task = get_task(task_name)

@@ -18,9 +18,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.store import atomic_write_json
-from envs.datasets import cache_root
+from core.errors import BenchError
+from core.atomic import atomic_write_json
+from core.paths import cache_root
 
 WHEEL = "furniture_bench-0.1-py3-none-any.whl"
 WHEEL_SHA256 = "22548e226db880dec3dc4993fbcc40b3bbd81357b2f725d53f2c689ff32df0fc"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError
-from envs.datasets import TransitionDataset, cache_root
+from core.errors import BenchError
+from core.paths import cache_root
+from envs.transitions import TransitionDataset
 from envs.robomimic_data import Demo, DemoSuite, builtin_demo_dataset, read_robomimic_hdf5, to_transition_dataset
 
 DATA_VERSION = 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from bench.errors import BenchError
+from core.errors import BenchError
 
 OBS_KEYS = ["robot_state/ee_pos", "robot_state/ee_quat", "robot_state/ee_pos_vel", "robot_state/ee_ori_vel",
             "robot_state/gripper_width", "parts_poses"]

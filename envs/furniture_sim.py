@@ -494,11 +494,7 @@ class FurnitureSimEnv(gym.Env):
         mujoco.mj_kinematics(self.model, d)
 
 
-def make_furniture_env(env_id: str, max_episode_steps: int, sim: str = "mujoco") -> gym.Env:
+def make_furniture_env(env_id: str, max_episode_steps: int) -> gym.Env:
     """env_id: '<furniture>_<randomness>', e.g. 'one_leg_low'."""
     furniture, _, randomness = env_id.rpartition("_")
-    if sim == "isaacgym":
-        from envs.furniture_isaacgym import make_isaacgym_env
-
-        return make_isaacgym_env(furniture, randomness, max_episode_steps)
     return FurnitureSimEnv({"one_leg": ONE_LEG}[furniture], randomness, max_episode_steps)

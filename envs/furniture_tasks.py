@@ -7,9 +7,15 @@ from envs.tasks import TaskSpec, register_task
 
 
 def make_env(env_id: str, max_episode_steps: int, sim: str = "mujoco"):
+    """env_id: '<furniture>_<randomness>'; `sim` "isaacgym" builds the original simulator instead."""
+    if sim == "isaacgym":
+        from envs.furniture_isaacgym import make_isaacgym_env
+
+        furniture, _, randomness = env_id.rpartition("_")
+        return make_isaacgym_env(furniture, randomness, max_episode_steps)
     from envs.furniture_sim import make_furniture_env
 
-    return make_furniture_env(env_id, max_episode_steps, sim)
+    return make_furniture_env(env_id, max_episode_steps)
 
 
 def _load_demo_file(path, task_name, filter_key=None):

@@ -33,9 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from bench.errors import BenchError
-from bench.store import atomic_path, atomic_write_json
-from envs.datasets import TransitionDataset, cache_root
+from core.errors import BenchError
+from core.atomic import atomic_path, atomic_write_json
+from core.paths import cache_root
+from envs.transitions import TransitionDataset
 
 DATA_VERSION = 1
 SUCCESS_HOLD = 10  # steps the task must stay solved before a demo ends (robosuite's collection script)
@@ -189,7 +190,7 @@ def check_env_args(env_args: dict, task_name: str, path) -> None:
 
 def load_robomimic_hdf5(path: str | Path, task_name: str, filter_key: str | None = None) -> TransitionDataset:
     """A robomimic file as a checked dataset for `task_name` (its env, observation keys and dims)."""
-    from envs.robomimic_tasks import ROBOSUITE_ENVS, obs_keys
+    from envs.robosuite_env import ROBOSUITE_ENVS, obs_keys
     from envs.tasks import get_task, list_tasks
 
     task = get_task(task_name)
@@ -210,7 +211,7 @@ def env_kwargs_from_file(path: str | Path, task_name: str, log=None) -> dict:
     configs converted to 1.5; kwargs robosuite 1.5 does not accept are dropped, and named in the log)."""
     import h5py
 
-    from envs.robomimic_tasks import convert_env_kwargs, import_robosuite
+    from envs.robosuite_env import convert_env_kwargs, import_robosuite
     from envs.tasks import get_task
 
     try:
@@ -236,7 +237,7 @@ def env_kwargs_from_file(path: str | Path, task_name: str, log=None) -> dict:
 
 
 def _env_args(task_name: str) -> dict:
-    from envs.robomimic_tasks import default_env_kwargs, import_robosuite
+    from envs.robosuite_env import default_env_kwargs, import_robosuite
     from envs.tasks import get_task
 
     env_id = get_task(task_name).env_id

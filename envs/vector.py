@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs.tasks import TaskSpec
 
 NORM_EPS = 1e-6  # as in DPPO's normalisation

@@ -171,6 +171,7 @@ def test_smoke_run_through_the_cli_on_hopper(cli, tmp_path):
     assert np.isfinite(m[["loss", "v_loss"]].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_learns_on_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "dawr", "--task", "point_reach", "--preset", "small", "--seed", "0",
                        "--out", tmp_path, "--quiet", "--set", "torch_threads=1")

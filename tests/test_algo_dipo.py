@@ -234,6 +234,7 @@ def test_smoke_run_on_hopper(cli, tmp_path):
     assert "buffer" in torch.load(d / "checkpoints" / "last.pt", weights_only=False)["algo"]
 
 
+@pytest.mark.slow
 def test_improves_on_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "dipo", "--task", "point_reach", "--preset", "small", "--seed", "0",
                        "--set", "torch_threads=1", "--out", tmp_path, "--quiet")

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from algorithms.base import AlgoContext, Rollout
+from algorithms.diffusion import sample_chain
 from algorithms.dql import DQL, DQLConfig, normalised_q_loss
-from algorithms.offpolicy import sample_chain
 from bench.config import PretrainConfig, build_run_config
 from bench.pretrain import build_diffusion_policy
 
@@ -172,6 +172,7 @@ def test_smoke_run_on_hopper(cli, tmp_path):
     assert "critic_loss" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_dql_learns_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "dql", "--task", "point_reach", "--out", tmp_path, "--quiet",
                        "--set", "torch_threads=1")

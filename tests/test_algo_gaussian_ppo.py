@@ -158,7 +158,8 @@ def test_smoke_run_and_eval_uses_the_fine_tuned_weights(cli, tmp_path):
     assert summary["complete"] and summary["iterations"] == 2
     ver = json.loads((d / "versions.json").read_text())
     assert ver["pretrained"]["policy_kind"] == "gaussian" and "/gaussian-" in ver["pretrained"]["path"]
-    cfg, algo, _, state = load_for_eval(d)
+    ctx, algo, _, state = load_for_eval(d)
+    cfg = ctx.cfg
     assert all(torch.equal(v, state["algo"]["actor_ft"][k]) for k, v in algo.actor_ft.state_dict().items())
     base = build_policy("gaussian", algo.ctx.obs_dim, algo.ctx.act_dim, algo.ctx.horizon_steps, cfg.pretrain)
     base.load_state_dict(state["pretrained"])
@@ -173,6 +174,7 @@ def test_smoke_run_and_eval_uses_the_fine_tuned_weights(cli, tmp_path):
     assert final["return_mean"] == pytest.approx(pd.read_csv(d / "eval.csv")["return_mean"].iloc[-1], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_gaussian_ppo_learns_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "gaussian_ppo", "--task", "point_reach", "--out", tmp_path, "--quiet",
                        "--set", "torch_threads=1")

@@ -127,6 +127,7 @@ def test_smoke_run_on_hopper(cli, tmp_path):
     assert code == 0, err and json.loads(out)["n_episodes"] == 2
 
 
+@pytest.mark.slow
 def test_gmm_ppo_learns_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "gmm_ppo", "--task", "point_reach", "--out", tmp_path, "--quiet",
                        "--set", "torch_threads=1")

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from algorithms.base import AlgoContext, Rollout
+from algorithms.diffusion import sample_chain
 from algorithms.idql import IDQL, IDQLConfig, candidate_probs, expectile_loss
-from algorithms.offpolicy import sample_chain
 from bench.config import PretrainConfig, build_run_config
 from bench.pretrain import build_diffusion_policy
 
@@ -225,6 +225,7 @@ def test_smoke_run_on_hopper(cli, tmp_path):
     assert "v_loss" in header and "q_loss" in header
 
 
+@pytest.mark.slow
 def test_idql_learns_point_reach(cli, tmp_path):
     code, _, err = cli("run", "--algo", "idql", "--task", "point_reach", "--out", tmp_path, "--quiet",
                        "--set", "torch_threads=1")

@@ -85,7 +85,7 @@ class NaNAfterThreeSteps(gym.Env):
 
 @pytest.fixture
 def nan_task(tmp_path):
-    spec = TaskSpec(name="nan_point", suite="test", env_id="nan", obs_dim=3, act_dim=2, max_episode_steps=20,
+    spec = TaskSpec(name="nan_point", suite="toy", env_id="nan", obs_dim=3, act_dim=2, max_episode_steps=20,
                     make_env=lambda env_id, steps: gym.wrappers.TimeLimit(NaNAfterThreeSteps(), steps))
     register_task(spec)
     rng = np.random.default_rng(0)

@@ -71,7 +71,7 @@ def test_eval_uses_finetuned_weights(smoke_run, cli):
     from bench.runner import load_for_eval
 
     d = run_dir(smoke_run)
-    cfg, algo, norm, state = load_for_eval(d)
+    ctx, algo, norm, state = load_for_eval(d)
     assert all(torch.equal(v, state["algo"]["actor_ft"][k]) for k, v in algo.actor_ft.state_dict().items())
     base = {k: v for k, v in algo.actor.state_dict().items()}
     assert any(not torch.equal(v, base[k]) for k, v in algo.actor_ft.state_dict().items()), "fine-tuning changed nothing"
@@ -89,6 +89,7 @@ def test_eval_uses_finetuned_weights(smoke_run, cli):
     assert res["iteration"] == 2
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(smoke_run, tmp_path):
     """SIGKILL a real run after its first checkpoint; nothing looks complete; --resume finishes it with
     the same metrics as an uninterrupted run."""

@@ -1,10 +1,12 @@
 """`bench leaderboard`, `bench report` and `bench grid` through the CLI: outputs and bad input."""
 
+import pytest
 import pandas as pd
 
 from tests.test_leaderboard import make_store
 
 
+@pytest.mark.slow
 def test_leaderboard_and_report_commands(cli, tmp_path):
     root = make_store(tmp_path / "results")
     code, out, err = cli("leaderboard", "--root", root, "--reps", "100")

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs import datasets as D
 from envs.tasks import get_task
 

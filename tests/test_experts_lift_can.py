@@ -6,7 +6,7 @@ import pytest
 
 robosuite = pytest.importorskip("robosuite")
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs.experts import make_expert, sample_style
 from envs.experts.common import (
     DemonstratorStyle,

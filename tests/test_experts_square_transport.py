@@ -55,6 +55,7 @@ def rollout(env, task, seed, quality="ph", max_steps=None):
     return np.array(actions), bool(env._check_success())
 
 
+@pytest.mark.slow
 def test_square_proficient_expert_succeeds(square_env):
     for seed in (0, 1):
         actions, success = rollout(square_env, "square", seed)
@@ -63,6 +64,7 @@ def test_square_proficient_expert_succeeds(square_env):
         assert len(actions) < 300  # inside the 400-step horizon with room to spare
 
 
+@pytest.mark.slow
 def test_transport_proficient_expert_succeeds():
     env = make_env("transport")
     actions, success = rollout(env, "transport", seed=0)

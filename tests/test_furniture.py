@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs import furniture_sim as fs
 
 
@@ -167,6 +167,7 @@ def test_randomness_levels_change_initial_states_as_specified():
     assert 0.0 < spreads["low"] < spreads["med"]  # the parts are pushed harder at med
 
 
+@pytest.mark.slow
 def test_scripted_expert_assembles_one_leg():
     from envs.furniture_expert import STYLES, OneLegExpert
 
@@ -231,6 +232,7 @@ def test_assets_download_checksum_and_mesh_sizes(tmp_path, monkeypatch):
     assert not (tmp_path / "other" / "assets" / "furniture-bench-0.1").exists()
 
 
+@pytest.mark.slow
 def test_smoke_dppo_run_and_sim_option_errors(cli, tmp_path):
     code, out, err = cli("run", "--algo", "dppo", "--task", "one_leg_low", "--preset", "smoke", "--out", tmp_path,
                          "--quiet")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from bench.grid import (GridRun, expand_grid, grid_status, load_grid_file, parse_seeds, run_grid, run_state)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ def test_bad_executor_and_workers(tmp_path):
 # ----------------------------------------------------------------------------------- local executor
 
 
+@pytest.mark.slow
 def test_local_grid_then_rerun_skips(tmp_path):
     root = tmp_path / "res"
     runs = expand_grid(["dppo"], ["hopper"], "0-1", "smoke", {})
@@ -154,6 +155,7 @@ def test_local_grid_then_rerun_skips(tmp_path):
     assert all(info["reason"] == "complete" for _, info in ev2.kinds("skip"))
 
 
+@pytest.mark.slow
 def test_kill_grid_and_resume(tmp_path):
     root = tmp_path / "res"
     sets = {"train.n_iterations": "12", "train.n_steps": "24", "eval.every": "4"}
@@ -203,6 +205,7 @@ def test_kill_grid_and_resume(tmp_path):
     assert [k for k, _, _ in ev2.items] == ["skip", "skip"]
 
 
+@pytest.mark.slow
 def test_failed_run_reported_others_complete(tmp_path):
     root = tmp_path / "res"
     bad = expand_grid(["dppo"], ["hopper"], "0", "smoke", {"data.source": str(tmp_path / "nonexistent.hdf5")})
@@ -255,12 +258,13 @@ def test_ray_unreachable_fails_fast(tmp_path):
     runs = expand_grid(["dppo"], ["hopper"], "0", "smoke", {})
     t = time.time()
     with pytest.raises(BenchError, match="cannot reach the Ray cluster at 127.0.0.1"):
-        run_grid(runs, tmp_path / "res", executor="ray", ray_address=f"127.0.0.1:{_free_port()}")
+        run_grid(runs, tmp_path / "res", executor="ray", options={"address": f"127.0.0.1:{_free_port()}"})
     assert time.time() - t < 10
     assert not (tmp_path / "res").exists()
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_ray_executor(tmp_path_factory, monkeypatch):
     pytest.importorskip("ray")
     import ray._private.ray_constants as ray_constants
@@ -286,13 +290,13 @@ def test_ray_executor(tmp_path_factory, monkeypatch):
         assert head.wait(timeout=180) == 0, (base / "ray_start.log").read_text()[-2000:]
         runs = expand_grid(["dppo"], ["hopper"], "0", "smoke", {})
         ev = Events()
-        s = run_grid(runs, root, workers=2, executor="ray", ray_address=f"127.0.0.1:{port}",
-                     ray_resources={"num_cpus": 1}, on_event=ev)
+        s = run_grid(runs, root, workers=2, executor="ray", options={"address": f"127.0.0.1:{port}", "num_cpus": 1},
+                     on_event=ev)
         assert (s["completed"], s["failed"]) == (1, 0), (s, runs[0].log_path(root).read_text()[-3000:])
         assert run_state(runs[0], root) == "complete"
         assert [k for k, _, _ in ev.items if k != "progress"] == ["start", "done"]
         assert (root / ".ray").is_dir()
-        s2 = run_grid(runs, root, executor="ray", ray_address=f"127.0.0.1:{port}", on_event=ev)
+        s2 = run_grid(runs, root, executor="ray", options={"address": f"127.0.0.1:{port}"}, on_event=ev)
         assert s2["skipped_complete"] == 1 and s2["completed"] == 0
     finally:
         if head.poll() is None:

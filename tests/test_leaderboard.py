@@ -23,6 +23,7 @@ FINAL = {
     ("ppo", "lift"): [0.30, 0.55, 0.20],
 }
 PRETRAINED = 0.25
+BUILTINS = ("iqm", "mean", "median", "optimality_gap")  # the leaderboard's default columns, in order
 
 
 def write_run(root: Path, task: str, algo: str, seed: int, final: float, *, complete: bool = True,
@@ -176,7 +177,7 @@ def test_leaderboard_equals_rliable_direct(board):
         point, ci = _direct(sub, REPS, 3)
         for a in sub:
             row = df[(df.scope == scope) & (df.algorithm == a)].iloc[0]
-            for j, m in enumerate(lb.METRICS):
+            for j, m in enumerate(BUILTINS):
                 assert row[m] == pytest.approx(point[a][j], abs=1e-12)
                 assert row[f"{m}_lo"] == pytest.approx(ci[a][0][j], abs=1e-12)
                 assert row[f"{m}_hi"] == pytest.approx(ci[a][1][j], abs=1e-12)
@@ -194,7 +195,7 @@ def test_leaderboard_equals_rliable_direct(board):
     dppo_scores = np.array([FINAL[("dppo", "hopper")], FINAL[("dppo", "lift")]]).T
     assert all_dppo["iqm"] == pytest.approx(trim_mean(dppo_scores.ravel(), 0.25))
     assert all_dppo["mean"] == pytest.approx(dppo_scores.mean())
-    assert all_dppo["median"] == pytest.approx(np.median(dppo_scores))
+    assert all_dppo["median"] == pytest.approx(np.median(dppo_scores.mean(axis=0)))  # of per-task means
     assert all_dppo["optimality_gap"] == pytest.approx(np.mean(1 - np.minimum(dppo_scores, 1)))
     assert all_dppo["pretrained_mean"] == pytest.approx(PRETRAINED)
     assert all_dppo["iqm_lo"] <= all_dppo["iqm"] <= all_dppo["iqm_hi"]
@@ -213,8 +214,8 @@ def test_bootstrap_is_reproducible(board):
         np.testing.assert_array_equal(ci[a], ci2[a])
         np.testing.assert_array_equal(point[a], point2[a])
         row = df[(df.scope == "all") & (df.algorithm == a)].iloc[0]
-        np.testing.assert_array_equal([row[f"{m}_lo"] for m in lb.METRICS], ci[a][0])
-        np.testing.assert_array_equal([row[f"{m}_hi"] for m in lb.METRICS], ci[a][1])
+        np.testing.assert_array_equal([row[f"{m}_lo"] for m in BUILTINS], ci[a][0])
+        np.testing.assert_array_equal([row[f"{m}_hi"] for m in BUILTINS], ci[a][1])
     p1 = lb.probability_of_improvement(sm.scores["dppo"], sm.scores["ppo"], reps=REPS, seed=3)
     np.random.rand(3)
     assert lb.probability_of_improvement(sm.scores["dppo"], sm.scores["ppo"], reps=REPS, seed=3) == p1
@@ -229,9 +230,13 @@ def test_write_leaderboard_and_tables(board, tmp_path):
     csv_path, md_path = lb.write_leaderboard(df, tmp_path / "out")
     back = pd.read_csv(csv_path)
     assert list(back.columns) == list(df.columns) and len(back) == 6
+    assert list(df.columns) == ["scope", "algorithm", "n_tasks", "n_seeds", "pretrained_mean",
+                                *(c for m in BUILTINS for c in (m, f"{m}_lo", f"{m}_hi")),
+                                "p_improve", "p_improve_lo", "p_improve_hi"]
     np.testing.assert_allclose(back["iqm"], df["iqm"])
     md = md_path.read_text()
     assert md.count("\n| all |") == 2 and "IQM (95% CI)" in md and "P(> dppo)" in md
+    assert "(rliable). Optimality gap: lower is better.\n" in md
     assert not list((tmp_path / "out").glob(".*tmp"))
     table = lb.rich_table(df)
     assert table.row_count == 6

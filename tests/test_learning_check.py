@@ -5,13 +5,14 @@ import json
 
 import pytest
 
-from algorithms.registry import _BUILTIN_MODULES
+from algorithms.registry import builtin_algorithms
 
 # score points gained over the pre-trained policy (0 = random actions, 100 = always on a mode)
 MIN_GAIN = 15.0
 
 
-@pytest.mark.parametrize("algo", sorted(_BUILTIN_MODULES))
+@pytest.mark.parametrize("algo", builtin_algorithms())
+@pytest.mark.slow
 def test_algorithm_improves_on_the_bandit(cli, tmp_path, algo):
     code, _, err = cli("run", "--algo", algo, "--task", "bimodal_bandit", "--out", tmp_path,
                        "--set", "torch_threads=1", "--quiet")

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from algorithms.base import Rollout
-from algorithms.diffusion import DiffusionPolicy
+from algorithms.diffusion import DiffusionPolicy, sample_chain
 from algorithms.networks import DenoisingMLP
-from algorithms.offpolicy import ReplayBuffer, TwinQ, sample_chain, soft_update, transitions_from_rollout
+from algorithms.offpolicy import (
+    ReplayBuffer,
+    TwinQ,
+    soft_update,
+    transitions_from_rollout,
+)
 
 torch.set_num_threads(1)
 

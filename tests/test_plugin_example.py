@@ -36,6 +36,7 @@ def test_plugin_is_listed(plugin_site):
     assert "ddpo" in out.stdout
 
 
+@pytest.mark.slow
 def test_plugin_runs_and_learns_the_bandit(plugin_site, tmp_path):
     out = bench(plugin_site, "run", "--algo", "ddpo", "--task", "bimodal_bandit", "--out", tmp_path,
                 "--set", "torch_threads=1", "--quiet")

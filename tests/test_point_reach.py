@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from envs import test_tasks as T
+from envs import toy_tasks as T
 from envs.tasks import get_task
 
 
@@ -60,6 +60,7 @@ def test_demonstrations_are_seeded_and_imperfect():
     assert 30 < score < 75  # clearly below the expert: there is something to learn
 
 
+@pytest.mark.slow
 def test_dppo_learns_point_reach(cli, tmp_path):
     code, out, err = cli("run", "--algo", "dppo", "--task", "point_reach", "--out", tmp_path, "--set", "torch_threads=1")
     assert code == 0, err

@@ -17,8 +17,14 @@ import torch._dynamo  # noqa: F401  (imported lazily by the first optimiser; ~2 
 
 from algorithms.base import AlgoContext, Rollout
 from algorithms.dppo import DPPO, DPPOConfig
-from algorithms.ppo import (RunningMeanStd, RunningRewardScaler, clipped_surrogate, denoising_clip_schedule,
-                            gae, warmup_cosine_lr)
+from algorithms.ppo import (
+    RunningMeanStd,
+    RunningRewardScaler,
+    clipped_surrogate,
+    denoising_clip_schedule,
+    gae,
+)
+from algorithms.schedules import warmup_cosine_lr
 from bench.config import PretrainConfig
 from bench.pretrain import build_diffusion_policy
 from envs.vector import Normalizer

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from algorithms.gaussian import GaussianPolicy, GMMPolicy
-from bench.config import GaussianPolicyConfig, GMMPolicyConfig, PretrainConfig
+from algorithms.gaussian import GaussianPolicyConfig, GMMPolicyConfig
+from bench.config import PretrainConfig, pretrain_config
 from bench.pretrain import load_pretrained, pretrain_key, pretrain_policy
 from tests.test_pretrain import synthetic_dataset
 
@@ -38,7 +39,7 @@ def test_maximum_likelihood_pretraining_imitates_the_data(kind, tmp_path, monkey
 
 def test_cache_is_keyed_by_policy_kind_and_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
-    cfg = PretrainConfig(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
+    cfg = pretrain_config(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
     ds = synthetic_dataset(300)
     paths = {k: pretrain_policy(k, "synthetic", 2, 2, ds, 1, cfg) for k in ("diffusion", "gaussian", "gmm")}
     assert len(set(paths.values())) == 3 and all(p.exists() for p in paths.values())
@@ -46,10 +47,20 @@ def test_cache_is_keyed_by_policy_kind_and_its_settings(tmp_path, monkeypatch):
     for k, p in paths.items():  # the same inputs reuse the file
         assert pretrain_policy(k, "synthetic", 2, 2, ds, 1, cfg) == p and p.stat().st_mtime_ns == stamps[k]
 
-    # the diffusion key is the one from before the other kinds existed (cached policies stay valid)
-    flat = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("gaussian", "gmm")}
-    blob = json.dumps({"v": 1, "task": "synthetic", "data": ds.checksum, "Tp": 1, "cfg": flat}, sort_keys=True)
+    # one key layout for every kind, by hand: the optimisation fields plus the kind's resolved architecture
+    train = {"n_updates": 10, "batch_size": 16, "lr": 1e-3, "lr_min": 1e-4, "weight_decay": 1e-6, "ema_decay": 0.995,
+             "ema_start": 1000, "ema_every": 5, "seed": 0}
+    arch = {"denoising_steps": 4, "hidden_dims": [16, 16, 16], "time_dim": 8, "activation": "ReLU", "residual": True,
+            "denoised_clip": 1.0}
+    blob = json.dumps({"v": 2, "kind": "diffusion", "task": "synthetic", "data": ds.checksum, "Tp": 1, "train": train,
+                       "arch": arch}, sort_keys=True)
     assert paths["diffusion"].name == f"diffusion-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+    gaussian = dict(arch, std="fixed", fixed_std=0.1, state_std_min=0.01, state_std_max=1.0)
+    for k in ("denoising_steps", "time_dim", "denoised_clip"):
+        del gaussian[k]
+    blob = json.dumps({"v": 2, "kind": "gaussian", "task": "synthetic", "data": ds.checksum, "Tp": 1, "train": train,
+                       "arch": gaussian}, sort_keys=True)
+    assert paths["gaussian"].name == f"gaussian-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
 
     def key(kind, c):
         return pretrain_key("synthetic", ds.checksum, 1, c, kind)
@@ -73,7 +84,7 @@ def test_cache_is_keyed_by_policy_kind_and_its_settings(tmp_path, monkeypatch):
 
 def test_a_checkpoint_without_the_new_config_sections_still_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
-    cfg = PretrainConfig(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
+    cfg = pretrain_config(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=10, batch_size=16, time_dim=8)
     path = pretrain_policy("diffusion", "synthetic", 2, 2, synthetic_dataset(300), 1, cfg)
     blob = torch.load(path, weights_only=False)
     for section in ("gaussian", "gmm"):

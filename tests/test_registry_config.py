@@ -15,9 +15,10 @@ from algorithms.base import Algorithm
 from algorithms.dppo import DPPO, DPPOConfig
 from algorithms.registry import get_algorithm, list_algorithms, register_algorithm
 from bench import config as C
+from bench import presets as P
 from bench.config import (RunConfig, build_run_config, parse_set_options, run_config_from_dict, to_dict,
                           valid_keys)
-from bench.errors import BenchError
+from core.errors import BenchError
 
 TESTS_DIR = Path(__file__).resolve().parent
 PLUGIN_SRC = TESTS_DIR / "plugin_pkg" / "bench_plugin_demo"
@@ -163,7 +164,8 @@ def test_build_small_typed():
     assert cfg.pretrain.hidden_dims == (256, 256, 256) and type(cfg.pretrain.hidden_dims) is tuple
     assert cfg.pretrain.lr == 1e-3 and type(cfg.pretrain.lr) is float
     assert cfg.pretrain.activation == "ReLU" and cfg.pretrain.residual is True
-    assert cfg.env.vector == "sync" and cfg.env.max_episode_steps is None
+    # task-dependent values are resolved from the task: no None meaning "the task's" in a saved config
+    assert cfg.env.vector == "sync" and (cfg.env.max_episode_steps, cfg.env.horizon_steps, cfg.env.act_steps) == (1000, 4, 4)
     assert cfg.data.source == "builtin" and cfg.data.n_transitions == 200_000
     assert cfg.algo.batch_size == 2500 and cfg.algo.lr_warmup_itr == 2  # DPPO's own small preset
     assert cfg.algo.target_kl is None
@@ -187,22 +189,24 @@ def test_layers_apply_in_order():
 def test_all_five_layers_in_order(monkeypatch):
     """suite defaults < algorithm suite defaults < preset < algorithm preset < --set, on one key."""
     key = "algo.gae_lambda"
-    monkeypatch.setitem(C.SUITE_DEFAULTS["gym"], key, 0.1)
+    monkeypatch.setitem(P.SUITE_DEFAULTS["gym"], key, 0.1)
     assert build_run_config("hopper", "dppo", 0, "small").algo.gae_lambda == 0.1
-    monkeypatch.setitem(DPPO.suite_defaults, "gym", {key: 0.2})
+    monkeypatch.setitem(P.ALGORITHM_DEFAULTS["dppo"], "gym", {key: 0.2})
     assert build_run_config("hopper", "dppo", 0, "small").algo.gae_lambda == 0.2
-    monkeypatch.setitem(C.PRESETS["small"]["gym"], key, 0.3)
+    monkeypatch.setitem(P.HARNESS_PRESETS["small"]["gym"], key, 0.3)
     assert build_run_config("hopper", "dppo", 0, "small").algo.gae_lambda == 0.3
     assert build_run_config("hopper", "dppo", 0, "smoke").algo.gae_lambda == 0.2  # other preset
-    monkeypatch.setitem(DPPO.presets["small"]["gym"], key, 0.4)
+    monkeypatch.setitem(P.ALGORITHM_PRESETS["dppo"]["small"]["gym"], key, 0.4)
     assert build_run_config("hopper", "dppo", 0, "small").algo.gae_lambda == 0.4
     assert build_run_config("hopper", "dppo", 0, "small", {key: "0.5"}).algo.gae_lambda == 0.5
 
 
 def test_layers_are_not_mutated_by_builds():
-    before = (repr(C.PRESETS), repr(C.SUITE_DEFAULTS), repr(DPPO.presets), repr(DPPO.suite_defaults))
+    layers = lambda: tuple(repr(x) for x in (P.HARNESS_PRESETS, P.SUITE_DEFAULTS, P.ALGORITHM_PRESETS,  # noqa: E731
+                                              P.ALGORITHM_DEFAULTS))
+    before = layers()
     build_run_config("hopper", "dppo", 0, "smoke", {"pretrain.hidden_dims": "8,8"})
-    assert (repr(C.PRESETS), repr(C.SUITE_DEFAULTS), repr(DPPO.presets), repr(DPPO.suite_defaults)) == before
+    assert layers() == before
     assert RunConfig().pretrain.hidden_dims == (512, 512, 512)
 
 
@@ -221,7 +225,7 @@ def test_layers_are_not_mutated_by_builds():
     ("algo.target_kl", 1, 1.0),
     ("pretrain.denoised_clip", "null", None),
     ("env.max_episode_steps", "200", 200),
-    ("env.max_episode_steps", "none", None),
+    ("env.max_episode_steps", "none", 1000),  # none: the task's, resolved
     ("env.vector", "async", "async"),
     ("data.n_transitions", "1_000", 1000),
     ("data.n_transitions", "2e3", 2000),

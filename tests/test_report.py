@@ -49,6 +49,7 @@ def test_report_files_and_self_contained(report):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in page and "<link" not in page and "url(" not in page
     assert 'id="leaderboard"' in page and "1 incomplete run" in page
+    assert "<figcaption>IQM, Mean, Median, Optimality gap with 95% CIs</figcaption>" in page  # the registry's labels
 
 
 def test_report_single_algorithm_has_note_instead_of_poi(tmp_path):

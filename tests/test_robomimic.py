@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from algorithms.registry import _BUILTIN_MODULES
-from bench.errors import BenchError
+from algorithms.registry import builtin_algorithms
+from core.errors import BenchError
 from envs.robomimic_data import Demo, load_robomimic_hdf5, read_robomimic_hdf5, write_robomimic_hdf5
 from envs.tasks import get_task
 
@@ -113,6 +113,7 @@ def test_reset_seeding_is_reproducible_per_env_and_leaves_the_global_rng_alone()
     np.testing.assert_array_equal(a.reset()[0], b.reset()[0])
 
 
+@pytest.mark.slow
 def test_async_vector_env_steps_like_sync():
     """The suite's envs in worker processes (the robomimic default) give the same chunks as in-process."""
     from envs.vector import Normalizer, TaskVectorEnv
@@ -222,7 +223,7 @@ def test_bad_file_through_the_cli_writes_nothing(cli, tmp_path):
 
 def test_env_is_built_from_the_files_env_args_with_old_controller_configs(tmp_path):
     from bench.config import build_run_config
-    from bench.runner import make_env
+    from bench.runner import RunContext, make_env
     from envs.datasets import dataset_env_kwargs, load_dataset
     from envs.vector import Normalizer
 
@@ -238,13 +239,13 @@ def test_env_is_built_from_the_files_env_args_with_old_controller_configs(tmp_pa
     assert kwargs["control_freq"] == 10 and "unknown_1_4_option" not in kwargs
     cfg = build_run_config("lift", "dppo", preset="smoke", overrides={"data.source": str(path)})
     norm = Normalizer.from_data(ds.observations, ds.actions)
-    venv = make_env(cfg, norm, 1)
+    venv = make_env(RunContext.of(cfg), norm, 1)
     env = venv.env.envs[0].env.robosuite_env
     np.testing.assert_array_equal(env.robots[0].part_controllers["right"].kp, [100.0] * 6)
     assert env.control_freq == 10
     venv.close()
     # without a file, the defaults: robomimic's OSC_POSE (kp 150) at 20 Hz
-    venv = make_env(build_run_config("lift", "dppo", preset="smoke"), norm, 1)
+    venv = make_env(RunContext.of(build_run_config("lift", "dppo", preset="smoke")), norm, 1)
     env = venv.env.envs[0].env.robosuite_env
     assert env.control_freq == 20 and env.robots[0].part_controllers["right"].kp[0] == 150.0
     venv.close()
@@ -268,7 +269,8 @@ def test_expert_demo_depends_only_on_seed_and_index():
         assert first.rewards[-robomimic_data.SUCCESS_HOLD:].tolist() == [1.0] * robomimic_data.SUCCESS_HOLD
 
 
-@pytest.mark.parametrize("algo", sorted(set(_BUILTIN_MODULES) - {"dppo"}))
+@pytest.mark.parametrize("algo", sorted(set(builtin_algorithms()) - {"dppo"}))
+@pytest.mark.slow
 def test_every_algorithm_runs_on_lift_with_the_smoke_preset(cli, tmp_path, _cache_dir, algo):
     # dppo's smoke run on lift is the test below; each baseline from its own pre-trained policy kind
     code, _, err = cli("run", "--algo", algo, "--task", "lift", "--preset", "smoke", "--out", tmp_path, "--quiet",
@@ -278,6 +280,7 @@ def test_every_algorithm_runs_on_lift_with_the_smoke_preset(cli, tmp_path, _cach
     assert s["complete"] and s["metric"] == "success_rate" and 0.0 <= s["final_success_rate"] <= 1.0
 
 
+@pytest.mark.slow
 def test_smoke_run_on_lift_with_builtin_demos_and_resume(cli, tmp_path, _cache_dir):
     args = ("run", "--algo", "dppo", "--task", "lift", "--preset", "smoke", "--out", tmp_path, "--quiet",
             "--set", "torch_threads=1")

@@ -11,7 +11,7 @@ import importlib
 
 import numpy as np
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs.experts.common import DemonstratorStyle, ScriptedExpert, sample_style
 
 # task name -> "module:Class"

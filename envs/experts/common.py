@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bench.errors import BenchError
+from core.errors import BenchError
 
 ROT_NOISE_FRACTION = 0.5  # rotation noise relative to translation noise (operators mostly translate)
 GRIPPER_OPEN = -1.0

@@ -1,8 +1,7 @@
-"""Atomic file writes and the run directory layout.
+"""Atomic file writes.
 
 Everything is written to a temporary file in the same directory and renamed into place, so a reader
-(or a resumed run) never sees a half-written file. A run is complete only when `summary.json` exists;
-it is written last.
+(or a resumed run) never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import pandas as pd
 
 
 @contextlib.contextmanager
@@ -43,6 +40,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_write_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
@@ -52,7 +51,3 @@ def atomic_torch_save(path: Path, obj) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def run_dir(root: Path, task: str, algorithm: str, seed: int) -> Path:
-    return Path(root) / "runs" / task / algorithm.replace(":", "_").replace("/", "_") / f"seed{seed}"

@@ -1,4 +1,4 @@
-"""Tiny tasks for checking in seconds that an algorithm learns (suite "test").
+"""Tiny tasks for checking in seconds that an algorithm learns (suite "toy").
 
 `bimodal_bandit` — the learning check every algorithm must pass: a contextual bandit with two equally
 good action modes, so the return reflects only the action (see its section below).
@@ -22,7 +22,7 @@ import json
 import gymnasium as gym
 import numpy as np
 
-from bench.errors import BenchError
+from core.errors import BenchError
 from envs.tasks import TaskSpec, register_task
 
 STEP_SIZE = 0.1
@@ -189,8 +189,9 @@ def make_bandit_demonstrations(n: int, seed: int):
 
 
 def _cached_demonstrations(task_name: str, data, make_missing: bool, log, make, version_tag: list):
-    from bench.store import atomic_write_json
-    from envs.datasets import TransitionDataset, cache_root, load_checked_d4rl_hdf5, write_d4rl_hdf5
+    from core.atomic import atomic_write_json
+    from core.paths import cache_root
+    from envs.datasets import TransitionDataset, load_checked_d4rl_hdf5, write_d4rl_hdf5
 
     tag = hashlib.sha256(json.dumps(version_tag).encode()).hexdigest()[:8]
     path = cache_root() / "data" / task_name / f"demos-{data.n_transitions}-seed{data.seed}-{tag}.hdf5"
@@ -218,7 +219,7 @@ def builtin_bandit_dataset(task_name: str, data, make_missing: bool, log):
 
 
 register_task(TaskSpec(
-    name="bimodal_bandit", suite="test", env_id="BimodalBandit", obs_dim=1, act_dim=2,
+    name="bimodal_bandit", suite="toy", env_id="BimodalBandit", obs_dim=1, act_dim=2,
     max_episode_steps=1, horizon_steps=1, act_steps=1,
     ref_random_return=BANDIT_REF_RANDOM, ref_expert_return=1.0, metric="return",
     make_env=make_bandit_env, builtin_dataset=builtin_bandit_dataset,
@@ -226,7 +227,7 @@ register_task(TaskSpec(
 ))
 
 register_task(TaskSpec(
-    name="point_reach", suite="test", env_id="PointReach", obs_dim=4, act_dim=2,
+    name="point_reach", suite="toy", env_id="PointReach", obs_dim=4, act_dim=2,
     max_episode_steps=EPISODE_STEPS, horizon_steps=4, act_steps=4,
     ref_random_return=REF_RANDOM_RETURN, ref_expert_return=REF_EXPERT_RETURN, metric="return",
     make_env=make_point_reach_env, builtin_dataset=builtin_point_reach_dataset,
