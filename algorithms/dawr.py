@@ -65,6 +65,8 @@ class DAWRConfig(ActorCriticConfig):
     n_critic_warmup_itr: int = 0
     min_sampling_std: float = 0.1
     randn_clip: float = 3.0
+    clip_initial_noise: bool = False
+    """also clip the chain's initial noise x_K to +-randn_clip (the original clips only the per-step draws)"""
 
 
 class TrajectoryFIFO:

@@ -141,25 +141,27 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, chain: DenoisingChain | None = None, min_std: float = 0.0,
                deterministic: bool = False, randn_clip: float | None = 3.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, initial_clip: float | None = None) -> torch.Tensor:
         """Run the whole reverse chain with this network (used for pre-trained evaluation and BC)."""
         return sample_chain(self.network, chain or self.ddpm, obs, min_std, randn_clip, generator,
-                            deterministic=deterministic)
+                            deterministic=deterministic, initial_clip=initial_clip)
 
 
 def sample_chain(network: nn.Module | Callable[[int], nn.Module], chain: DenoisingChain, obs: torch.Tensor,
                  min_std: float = 0.0, randn_clip: float | None = 3.0, generator: torch.Generator | None = None,
                  keep_grad: bool = False, deterministic: bool = False,
-                 on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+                 on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+                 initial_clip: float | None = None) -> torch.Tensor:
     """Run every step of `chain` (B, Tp, Da); `network` is the epsilon network, or a function of the chain
     position giving the one for that step (DPPO: frozen, then fine-tuned). Stochastic steps draw
     x_next = mean + max(std, `min_std`) z and tell `on_step(i, x, mean, x_next)`; `deterministic` uses
-    DPPO's evaluation noise (`eval_std`). z is clipped to +-`randn_clip`. `keep_grad` keeps the autograd
-    graph through all steps (the noise itself carries no gradient)."""
+    DPPO's evaluation noise (`eval_std`). z is clipped to +-`randn_clip`; the initial x_K ~ N(0, I) to
+    +-`initial_clip` (None: unclipped, as the original). `keep_grad` keeps the autograd graph through all
+    steps (the noise itself carries no gradient)."""
     network_at = network if not isinstance(network, nn.Module) else (lambda i: network)
     with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
         b, dev, first = obs.shape[0], obs.device, network_at(0)
-        x = clipped_randn((b, first.horizon_steps, first.act_dim), randn_clip, generator, dev)
+        x = clipped_randn((b, first.horizon_steps, first.act_dim), initial_clip, generator, dev)
         for i in range(len(chain)):
             eps = network_at(i)(x, chain.timesteps[i].expand(b), obs)
             mean = chain.mean(torch.tensor(i, device=dev), x, eps)
@@ -174,6 +176,11 @@ def sample_chain(network: nn.Module | Callable[[int], nn.Module], chain: Denoisi
                 on_step(i, x, mean, x_next)
             x = x_next
         return x
+
+
+def initial_noise_clip(cfg) -> float | None:
+    """The `initial_clip` of `sample_chain` for an algorithm config with `randn_clip` and `clip_initial_noise`."""
+    return cfg.randn_clip if cfg.clip_initial_noise else None
 
 
 def eval_std(chain: DenoisingChain, i: int) -> torch.Tensor:

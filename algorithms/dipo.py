@@ -44,7 +44,7 @@ from typing import Literal
 import torch
 
 from algorithms.base import ActOutput, AlgoContext, optimiser_step
-from algorithms.diffusion import DiffusionPolicy
+from algorithms.diffusion import DiffusionPolicy, initial_noise_clip
 from algorithms.offpolicy import (
     OffPolicyAlgorithm,
     OffPolicyConfig,
@@ -118,7 +118,8 @@ class DIPO(OffPolicyAlgorithm):
     def _sample(self, policy: DiffusionPolicy, obs: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         return policy.sample(obs, min_std=self.cfg.min_sampling_std, deterministic=deterministic,
-                             randn_clip=self.cfg.randn_clip, generator=generator)
+                             randn_clip=self.cfg.randn_clip, generator=generator,
+                             initial_clip=initial_noise_clip(self.cfg))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False,

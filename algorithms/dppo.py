@@ -25,6 +25,7 @@ from algorithms.diffusion import (
     ChainPlan,
     DenoisingChain,
     DiffusionPolicy,
+    initial_noise_clip,
     sample_chain,
 )
 from algorithms.ppo import (
@@ -48,6 +49,8 @@ class DPPOConfig(ActorCriticConfig):
     min_sampling_std: float = 0.1
     min_logprob_std: float = 0.1
     randn_clip: float = 3.0
+    clip_initial_noise: bool = False
+    """also clip the chain's initial noise x_K to +-randn_clip (the original clips only the per-step draws)"""
     logprob_min: float = -5.0
     logprob_max: float = 2.0
     logprob_reduction: Literal["mean", "sum"] = "mean"
@@ -61,6 +64,8 @@ class DPPOConfig(ActorCriticConfig):
     norm_adv: bool = True
     reward_scale_running: bool = True
     reward_clip: float = 10.0
+    reward_var_unbiased: bool = True
+    """the running return variance divides by count - 1, as the original's RunningMeanStd; false: by count"""
     n_critic_warmup_itr: int = 0
     update_epochs: int = 5
     batch_size: int = 50_000
@@ -126,7 +131,7 @@ class DPPO(PPOAlgorithm):
             return self.actor_ft if (i >= self.first_ft and not use_base) else self.actor
 
         x = sample_chain(network_at, chain, obs, cfg.min_sampling_std, cfg.randn_clip, generator,
-                         deterministic=deterministic, on_step=record_ft_step)
+                         deterministic=deterministic, on_step=record_ft_step, initial_clip=initial_noise_clip(cfg))
         if deterministic:
             return ActOutput(x)
         xs.append(x)

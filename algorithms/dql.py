@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from algorithms.base import ActOutput, AlgoContext, optimiser_step
-from algorithms.diffusion import DiffusionPolicy, sample_chain
+from algorithms.diffusion import DiffusionPolicy, initial_noise_clip, sample_chain
 from algorithms.offpolicy import (
     OffPolicyAlgorithm,
     OffPolicyConfig,
@@ -78,7 +78,8 @@ class DQL(OffPolicyAlgorithm):
     def _sample(self, obs: torch.Tensor, keep_grad: bool = False, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_chain(self.policy.network, self.chain, obs, self.cfg.min_sampling_std, self.cfg.randn_clip,
-                            generator, keep_grad=keep_grad, deterministic=deterministic)
+                            generator, keep_grad=keep_grad, deterministic=deterministic,
+                            initial_clip=initial_noise_clip(self.cfg))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False,

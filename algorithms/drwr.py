@@ -38,7 +38,7 @@ from algorithms.base import (
     optimiser_step,
     raise_if_not_finite,
 )
-from algorithms.diffusion import DiffusionPolicy
+from algorithms.diffusion import DiffusionPolicy, initial_noise_clip
 from algorithms.ppo import gae, minibatches
 from algorithms.registry import register_algorithm
 from core.errors import BenchError
@@ -65,6 +65,8 @@ class DRWRConfig:
     max_grad_norm: float | None = None
     min_sampling_std: float = 0.1
     randn_clip: float = 3.0
+    clip_initial_noise: bool = False
+    """also clip the chain's initial noise x_K to +-randn_clip (the original clips only the per-step draws)"""
 
 
 def normalized_exp_weights(scores: torch.Tensor, beta: float, max_weight: float, eps: float,
@@ -93,7 +95,8 @@ class DiffusionRegression(Algorithm):
     def act(self, obs: torch.Tensor, deterministic: bool = False,
             generator: torch.Generator | None = None) -> ActOutput:
         x = self.policy.sample(obs, min_std=self.cfg.min_sampling_std, deterministic=deterministic,
-                               randn_clip=self.cfg.randn_clip, generator=generator)
+                               randn_clip=self.cfg.randn_clip, generator=generator,
+                               initial_clip=initial_noise_clip(self.cfg))
         return ActOutput(x) if deterministic else ActOutput(x, {"actions": x.clamp(-1.0, 1.0)})
 
     def weighted_bc_step(self, chunks: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

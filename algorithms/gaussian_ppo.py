@@ -60,6 +60,8 @@ class GaussianPPOConfig(ActorCriticConfig):
     norm_adv: bool = True
     reward_scale_running: bool = True
     reward_clip: float = 10.0
+    reward_var_unbiased: bool = True
+    """the running return variance divides by count - 1, as the original's RunningMeanStd; false: by count"""
     n_critic_warmup_itr: int = 2
     update_epochs: int = 10
     batch_size: int = 7500

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 
 from algorithms.base import ActOutput, AlgoContext, optimiser_step
-from algorithms.diffusion import DiffusionPolicy, sample_chain
+from algorithms.diffusion import DiffusionPolicy, initial_noise_clip, sample_chain
 from algorithms.networks import ValueCritic
 from algorithms.offpolicy import (
     OffPolicyAlgorithm,
@@ -114,7 +114,7 @@ class IDQL(OffPolicyAlgorithm):
         cfg, (b, _), S = self.cfg, obs.shape, self.cfg.n_candidates
         obs_rep = obs.repeat(S, 1)  # candidate s of env n at row s * b + n
         x = sample_chain(self.policy.network, self.chain, obs_rep, cfg.min_sampling_std, cfg.randn_clip,
-                         generator, deterministic=deterministic)
+                         generator, deterministic=deterministic, initial_clip=initial_noise_clip(cfg))
         q = torch.min(*self.target_q(obs_rep, x[:, : self.ctx.act_steps])).view(S, b)
         if deterministic or not cfg.expectile_exploration:
             pick = q.argmax(0)

@@ -54,6 +54,8 @@ class OffPolicyConfig(ActorCriticConfig):
     min_sampling_std: float = 0.1
     """floor of the denoising std when sampling (acting and next actions)"""
     randn_clip: float = 3.0
+    clip_initial_noise: bool = False
+    """also clip the chain's initial noise x_K to +-randn_clip (the original clips only the per-step draws)"""
     critic_residual: bool = False
     """Q networks: the original configs asked for residual MLPs, but a misspelt constructor argument
     (`residual_tyle`, method.md section 6.3) made every original Q critic a plain MLP"""

@@ -35,24 +35,29 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
 
 
 class RunningMeanStd:
-    def __init__(self, epsilon: float = 1e-4):
+    """Pooled running mean and variance. `unbiased` divides the pooled sum of squares by count - 1, as the
+    original (DPPO's util/reward_scaling.py); False divides by count (the population variance)."""
+
+    def __init__(self, epsilon: float = 1e-4, unbiased: bool = True):
         self.mean, self.var, self.count = 0.0, 1.0, epsilon
+        self.unbiased = unbiased
 
     def update(self, x: np.ndarray) -> None:
         batch_mean, batch_var, batch_count = float(np.mean(x)), float(np.var(x)), x.size
         delta = batch_mean - self.mean
         total = self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        var = m2 / (total - 1) if self.unbiased else m2 / total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, var, total
 
 
 class RunningRewardScaler:
     """Divide rewards by the running std of the discounted return (with this run's gamma), clip at +-clip."""
 
-    def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8):
+    def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8, unbiased: bool = True):
         self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
         self.ret = np.zeros(n_envs)
-        self.rms = RunningMeanStd()
+        self.rms = RunningMeanStd(unbiased=unbiased)
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """rewards, dones: (T, N). The running return restarts after each done."""
@@ -191,7 +196,8 @@ class PPOAlgorithm(Algorithm):
                                            weight_decay=cfg.actor_weight_decay)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
                                             weight_decay=cfg.critic_weight_decay)
-        self.reward_scaler = RunningRewardScaler(ctx.n_envs, cfg.gamma, cfg.reward_clip)
+        self.reward_scaler = RunningRewardScaler(ctx.n_envs, cfg.gamma, cfg.reward_clip,
+                                                 unbiased=cfg.reward_var_unbiased)
 
     def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(advantages, value targets, values), each (T, N): GAE with the critic (a hook for variants)."""

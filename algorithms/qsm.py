@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.base import ActOutput, AlgoContext, optimiser_step
-from algorithms.diffusion import DiffusionPolicy
+from algorithms.diffusion import DiffusionPolicy, initial_noise_clip
 from algorithms.offpolicy import (
     OffPolicyAlgorithm,
     OffPolicyConfig,
@@ -125,7 +125,8 @@ class QSM(OffPolicyAlgorithm):
     def _sample(self, obs: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         return self.actor.sample(obs, min_std=self.cfg.min_sampling_std, deterministic=deterministic,
-                                 randn_clip=self.cfg.randn_clip, generator=generator)
+                                 randn_clip=self.cfg.randn_clip, generator=generator,
+                                 initial_clip=initial_noise_clip(self.cfg))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False,

@@ -15,17 +15,47 @@ from typing import List, Optional
 
 import rich.markup
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from bench.progress import LogConsole
 from core.errors import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and baseline harness for fine-tuning diffusion policies with RL (DPPO).")
 data_app = typer.Typer(no_args_is_help=True, help="Offline datasets: make the built-in ones, train behaviour policies.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# Not a terminal (a pipe, a file): as wide as the content needs, so no table cell is cut and no line wrapped.
+console = LogConsole()
+err_console = LogConsole(stderr=True)
+LOG_EVERY_HELP = ("when stderr is not a terminal: at most one progress line per this many seconds "
+                  "(default: $DPPO_BENCH_LOG_EVERY or 10; 0: every iteration)")
+JSON_HELP = "print JSON to stdout instead of a table"
+
+
+def _print_json(obj) -> None:
+    """Strict JSON on stdout (NaN and infinities as null), one document, no rich markup or wrapping."""
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item") and callable(v.item):  # numpy scalars
+            return clean(v.item())
+        return v
+
+    sys.stdout.write(json.dumps(clean(obj), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _fold(table: Table) -> Table:
+    """On a narrow terminal, fold long cells onto more lines instead of cutting them with an ellipsis."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
 
 SET_HELP = "Config override key=value (repeatable), e.g. --set train.n_iterations=50 --set algo.clip=0.02"
 
@@ -37,30 +67,45 @@ def _config(task: str, algo: str, seed: int, preset: str, sets: list[str]):
 
 
 @app.command()
-def tasks():
+def tasks(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """List the registered tasks."""
     from envs.tasks import list_tasks
 
+    if as_json:
+        _print_json([{"name": t.name, "suite": t.suite, "env_id": t.env_id, "obs_dim": t.obs_dim,
+                      "act_dim": t.act_dim, "max_episode_steps": t.max_episode_steps,
+                      "horizon_steps": t.horizon_steps, "act_steps": t.act_steps, "metric": t.metric}
+                     for t in list_tasks()])
+        return
     table = Table("task", "suite", "env", "obs", "act", "max steps", "Tp/Ta", "metric")
     for t in list_tasks():
         table.add_row(t.name, t.suite, t.env_id, str(t.obs_dim), str(t.act_dim), str(t.max_episode_steps),
                       f"{t.horizon_steps}/{t.act_steps}", t.metric)
-    console.print(table)
+    console.print(_fold(table))
 
 
 @app.command()
-def algos():
+def algos(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """List the registered algorithms (built-in and entry-point plugins)."""
     from algorithms.registry import get_algorithm, list_algorithms
 
-    table = Table("algorithm", "starts from", "module")
+    rows = []
     for name in list_algorithms():
         try:
             cls = get_algorithm(name)
-            table.add_row(name, cls.policy_kind, cls.__module__)
+            rows.append({"name": name, "policy_kind": cls.policy_kind, "module": cls.__module__, "error": None})
         except Exception as e:  # a broken plugin must not hide the others
-            table.add_row(name, "?", f"[red]failed to load: {e}")
-    console.print(table)
+            rows.append({"name": name, "policy_kind": None, "module": None, "error": f"failed to load: {e}"})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("algorithm", "starts from", "module")
+    for r in rows:
+        if r["error"] is None:
+            table.add_row(r["name"], r["policy_kind"], r["module"])
+        else:
+            table.add_row(r["name"], "?", f"[red]{rich.markup.escape(r['error'])}")
+    console.print(_fold(table))
 
 
 @app.command()
@@ -82,33 +127,44 @@ def run(algo: str = typer.Option("dppo", "--algo", help="algorithm name (see `be
         out: Path = typer.Option(Path("results"), "--out", help="results root"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
         quiet: bool = typer.Option(False, "--quiet", help="no live progress"),
+        log_every: Optional[float] = typer.Option(None, "--log-every", metavar="SECONDS", help=LOG_EVERY_HELP),
         sim: Optional[str] = typer.Option(None, "--sim", help="furniture tasks: mujoco (default) | isaacgym "
                                                               "(the original simulator; same as --set env.sim=...)")):
-    """Pre-train (cached) and fine-tune one seeded run; write results under OUT/runs/TASK/ALGO/seedN."""
-    from bench.progress import RunProgress
+    """Pre-train (cached) and fine-tune one seeded run; write results under OUT/runs/TASK/ALGO/seedN.
+
+    Progress goes to stderr: a live bar on a terminal, otherwise (a file or pipe: SLURM, nohup, Ray) one plain
+    line per iteration, at most one per --log-every seconds."""
+    from bench.progress import PretrainProgress, RunProgress, log_every_s
     from bench.runner import run as run_fn
 
-    cfg = _config(task, algo, seed, preset, (set_ or []) + ([f"env.sim={sim}"] if sim else []))
-    progress = None if quiet else RunProgress(err_console, f"{algo}/{task}/seed{seed}")
-    pre_bar = None if quiet else _pretrain_progress()
+    log_every = log_every_s(log_every)  # a bad value or $DPPO_BENCH_LOG_EVERY errors before anything runs
+
+    if sim is not None:
+        from bench.config import parse_set_options
+
+        given = parse_set_options(set_ or []).get("env.sim")
+        if given is not None and given != sim:
+            raise BenchError(f"--sim {sim} conflicts with --set env.sim={given}; give one of them")
+    cfg = _config(task, algo, seed, preset, (set_ or []) + ([f"env.sim={sim}"] if sim is not None else []))
+    progress = None if quiet else RunProgress(err_console, f"{algo}/{task}/seed{seed}", log_every)
+    pre_bar = None if quiet else PretrainProgress(err_console, batch_size=cfg.pretrain.batch_size,
+                                                  log_every=log_every)
     try:
         summary = run_fn(cfg, out, resume=resume, command=shlex.join(["bench"] + sys.argv[1:]),
                          log=lambda m: err_console.print(m), progress=progress, pretrain_progress=pre_bar)
     finally:
-        if progress and progress.task is not None:
-            progress.stop()
+        for bar in (pre_bar, progress):
+            if bar is not None:
+                bar.stop()
     _print_summary(summary)
 
 
-def _pretrain_progress():
-    state = {"last": 0}
+def _pretrain_progress(batch_size: int | None = None):
+    """`pretrain_policy`'s progress callback: update, loss, samples/s (updates/s without a batch size),
+    elapsed and ETA; a live bar on a terminal, plain lines otherwise. Call `.stop()` when done."""
+    from bench.progress import PretrainProgress
 
-    def cb(step, total, loss):
-        if step - state["last"] >= max(total // 20, 100) or step == total:
-            state["last"] = step
-            err_console.print(f"pre-training: update {step}/{total}, loss {loss:.4f}")
-
-    return cb
+    return PretrainProgress(err_console, batch_size=batch_size)
 
 
 def _print_summary(s: dict):
@@ -120,7 +176,7 @@ def _print_summary(s: dict):
         fin = f"{s['final_return']:.1f} (score {s['final_score']:.1f})"
     table.add_row(f"{s['algorithm']}/{s['task']}/seed{s['seed']}", str(s["iterations"]), f"{s['env_steps']:,}",
                   f"{s['wall_s']:.0f} s", pre, fin)
-    console.print(table)
+    console.print(_fold(table))
 
 
 @app.command()
@@ -129,29 +185,76 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
                                                   help="a registered policy kind: diffusion, gaussian, gmm, ... (default: what --algo starts from)"),
              preset: str = typer.Option("small", "--preset"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-             force: bool = typer.Option(False, "--force", help="retrain even if cached")):
-    """Pre-train a policy for a task (cached by policy kind, task, dataset checksum and config)."""
+             force: bool = typer.Option(False, "--force", help="retrain even if cached"),
+             eval_episodes: Optional[int] = typer.Option(None, "--eval", metavar="N",
+                                                         help="then evaluate the pre-trained policy deterministically "
+                                                              "over N episodes: the number iteration 0 of `bench run` "
+                                                              "records with eval.n_episodes=N and the same --seed"),
+             seed: int = typer.Option(0, "--seed", help="the run seed whose evaluation --eval reproduces (eval "
+                                                        "seed = eval.seed + seed); pre-training uses pretrain.seed")):
+    """Pre-train a policy for a task (cached by policy kind, task, dataset checksum and config); print its
+    throughput and, with --eval N, its deterministic success rate (return and score on Gym) over N episodes."""
     from algorithms.registry import get_algorithm
-    from bench.pretrain import check_architecture, load_pretrained, pretrain_policy
+    from bench.pretrain import check_architecture, load_pretrained, pretrain_key, pretrain_policy, pretrained_path
     from bench.runner import resolve_device
     from envs.datasets import load_dataset
     from envs.tasks import get_task
 
-    cfg = _config(task, algo, 0, preset, set_)
+    if eval_episodes is not None and eval_episodes < 1:
+        raise BenchError(f"--eval must be >= 1 episodes, got {eval_episodes}")
+    cfg = _config(task, algo, seed, preset, set_)
     kind = policy or get_algorithm(algo).policy_kind
     check_architecture(kind, cfg.pretrain)
+    if eval_episodes is not None and kind != get_algorithm(algo).policy_kind:
+        raise BenchError(f"--eval evaluates the policy --algo {algo} starts from ({get_algorithm(algo).policy_kind}), "
+                         f"not --policy {kind}; give an --algo that starts from a {kind} policy")
     if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
     spec = get_task(task)
+    device = str(resolve_device(cfg.device))
     ds = load_dataset(task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=err_console.print,
                       data=cfg.data)
-    path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps,
-                           cfg.pretrain, str(resolve_device(cfg.device)), _pretrain_progress(), force)
-    _, _, meta = load_pretrained(path)
-    console.print(f"pre-trained {kind} policy: {path} (final loss {meta['loss_curve'][-1]['loss']:.4f}, "
-                  f"{meta['wall_s']:.0f} s)" if meta["loss_curve"] else f"pre-trained {kind} policy: {path}")
+    cached = not force and pretrained_path(
+        task, pretrain_key(task, ds.checksum, cfg.env.horizon_steps, cfg.pretrain, kind), kind).exists()
+    bar = _pretrain_progress(cfg.pretrain.batch_size)
+    try:
+        path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps,
+                               cfg.pretrain, device, bar, force)
+    finally:
+        bar.stop()
+    trained, norm, meta = load_pretrained(path, device)
+    facts = [f"final loss {meta['loss_curve'][-1]['loss']:.4f}"] if meta["loss_curve"] else []
+    facts.append(f"{meta['wall_s']:.1f} s")
+    if "samples_per_s" in meta:  # checkpoints written before throughput was recorded have none
+        facts.append(f"{meta['updates_per_s']:,.1f} updates/s, {meta['samples_per_s']:,.0f} samples/s at batch "
+                     f"{meta['config']['batch_size']} on {meta.get('device', 'cpu')}")
+    if cached:
+        facts.append("cached: the figures are from when it was trained")
+    console.print(f"pre-trained {kind} policy: {path} ({'; '.join(facts)})")
+    if eval_episodes is None:
+        return
+    # as `bench run` evaluates at iteration 0: seeded, the algorithm built on the pre-trained policy, the run's
+    # eval envs and eval seed
+    from bench.runner import RunContext, build_algorithm, evaluate, make_env, seed_everything
+
+    ctx = RunContext.of(cfg)
+    seed_everything(cfg.seed)
+    algorithm = build_algorithm(ctx, trained)
+    env = make_env(ctx, norm, cfg.eval.n_envs)
+    try:
+        res = evaluate(algorithm, env, eval_episodes, cfg.eval.seed + cfg.seed, ctx.device)
+    finally:
+        env.close()
+    # the means at full precision (as eval.csv stores them): equal to a run's iteration 0, digit for digit
+    how = f"{res['n_episodes']} episodes, deterministic, eval seed {cfg.eval.seed + cfg.seed}"
+    if spec.metric == "success_rate":
+        wins = round(res["success_rate"] * res["n_episodes"])
+        console.print(f"pre-trained success rate: {res['success_rate']!r} ({wins}/{res['n_episodes']} succeeded; {how})")
+    else:
+        score = "" if res["score_mean"] != res["score_mean"] else f", score {res['score_mean']!r}"
+        console.print(f"pre-trained return: {res['return_mean']!r} (std {res['return_std']:.3g}{score}; {how})")
 
 
 @app.command("eval")
@@ -252,11 +355,18 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. 10.0.0.1:6379 or auto"),
          num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="Ray: CPUs per run (default 1)"),
          num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="Ray: GPUs per run (default 0)"),
-         status: bool = typer.Option(False, "--status", help="only show the state of every run")):
-    """Run algorithms x tasks x seeds: skips complete runs, resumes interrupted ones, never runs one twice."""
+         status: bool = typer.Option(False, "--status", help="only show the state of every run"),
+         log_every: Optional[float] = typer.Option(None, "--log-every", metavar="SECONDS", help=LOG_EVERY_HELP)):
+    """Run algorithms x tasks x seeds: skips complete runs, resumes interrupted ones, never runs one twice.
+
+    On a terminal a live table shows every run; otherwise (a file or pipe) one plain line per event (start,
+    skip, done, failed) and per run's progress, at most one progress line per run per --log-every seconds."""
     from bench import executors
     from bench import grid as grid_mod
     from bench.config import parse_set_options
+    from bench.progress import GridLog, log_every_s
+
+    log_every = log_every_s(log_every)
 
     spec: dict = {}
     if file is not None:
@@ -269,20 +379,30 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
         if missing:
             raise BenchError(f"bench grid needs {', '.join(missing)} (or --file grid.toml)")
         runs = grid_mod.expand_grid(_split(algos), _split(tasks), seeds, preset, parse_set_options(set_ or []))
+    if workers is not None and workers < 1:
+        raise BenchError(f"bad --workers {workers}; expected a positive integer (runs at once)")
     executor = executor or spec.get("executor") or "local"
     table_workers, options = grid_mod.executor_settings(executor, spec.get("executors", {}).get(executor))
-    workers = workers or table_workers or spec.get("workers") or 1
+    workers = workers if workers is not None else (table_workers or spec.get("workers") or 1)
     # The flags override the file's options of any executor that has an option of that name.
     flags = {"address": address, "num_cpus": num_cpus, "num_gpus": num_gpus}
     accepted = executors.option_names(executor)
     options.update({k: v for k, v in flags.items() if v is not None and k in accepted})
     if status:
+        if root.exists() and not root.is_dir():
+            raise BenchError(f"--root {root} is a file, not a directory; give a directory")
         console.print(_grid_table(grid_mod.grid_status(runs, root)))
         return
+    from bench.runner import check_out_root
+
+    check_out_root(root, root / "locks", "--root")  # before any run starts or a lock or log is written
     from rich.live import Live
 
     states = {r.run_id: row for r, row in zip(runs, grid_mod.grid_status(runs, root))}
     failures = []
+    plain = None if err_console.is_terminal else GridLog(err_console, log_every)
+    if plain:
+        plain.header(list(states.values()), workers)
 
     def on_event(kind, run, info):
         row = states[run.run_id]
@@ -298,6 +418,9 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
         elif kind == "fail":
             row["state"] = f"failed (exit {info['exit_code']})"
             failures.append((run, info))
+        if plain:
+            plain.event(kind, row, info)
+            return
         if not live.is_started:  # at the first event: an executor that cannot start errors without a table
             live.start()
         live.update(_grid_table(list(states.values())))
@@ -307,7 +430,8 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
         result = grid_mod.run_grid(runs, root, workers=workers, executor=executor, options=options,
                                    on_event=on_event)
     finally:
-        live.stop()
+        if live.is_started:
+            live.stop()
     for run, info in failures:
         err_console.print(f"[red]failed:[/red] {run.run_id} (exit {info['exit_code']}), log {info['log']}:\n{info.get('tail', '')}",
                           highlight=False)
@@ -319,7 +443,7 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
 
 
 def _grid_table(rows: list[dict]):
-    table = Table("run", "state", "iteration", "env steps", "elapsed", "ETA")
+    table = _fold(Table("run", "state", "iteration", "env steps", "elapsed", "ETA"))
     for row in rows:
         it, n = row.get("iteration"), row.get("n_iterations")
         elapsed = time.time() - row["started"] if row.get("started") else None
@@ -367,7 +491,10 @@ REPS_OPT = typer.Option(2000, "--reps", help="bootstrap repetitions")
 @app.command()
 def leaderboard(root: Path = ROOT_OPT, tasks: Optional[str] = TASKS_OPT, algos: Optional[str] = ALGOS_OPT,
                 preset: Optional[str] = PRESET_OPT, last: int = LAST_OPT, seeds: Optional[int] = SEEDS_OPT,
-                reps: int = REPS_OPT, out: Optional[Path] = typer.Option(None, "--out", help="default: ROOT")):
+                reps: int = REPS_OPT, out: Optional[Path] = typer.Option(None, "--out", help="default: ROOT"),
+                as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of the table: "
+                                             "{leaderboard: the rows of leaderboard.csv, tasks: the rows of "
+                                             "leaderboard_tasks.csv, csv, markdown, tasks_csv}")):
     """Aggregate final scores with rliable (IQM, mean, median, optimality gap, 95% CIs, P(improvement))."""
     from bench import leaderboard as lb
 
@@ -380,8 +507,16 @@ def leaderboard(root: Path = ROOT_OPT, tasks: Optional[str] = TASKS_OPT, algos: 
     if not sm.scores:
         raise BenchError("no (algorithm, task) cell has complete runs after filtering")
     df = lb.leaderboard(sm, reps=reps)
-    console.print(lb.rich_table(df))
-    csv_path, md_path = lb.write_leaderboard(df, out or root, tasks=lb.per_task_table(records, sm, last))
+    per_task = lb.per_task_table(records, sm, last)
+    if not as_json:
+        console.print(_fold(lb.rich_table(df)))
+    csv_path, md_path = lb.write_leaderboard(df, out or root, tasks=per_task)
+    if as_json:
+        err_console.print(f"wrote {csv_path} and {md_path}", markup=False, highlight=False, soft_wrap=True)
+        _print_json({"leaderboard": df.to_dict(orient="records"), "tasks": per_task.to_dict(orient="records"),
+                     "csv": str(csv_path), "markdown": str(md_path),
+                     "tasks_csv": str(csv_path.parent / "leaderboard_tasks.csv")})
+        return
     console.print(f"wrote {csv_path} and {md_path}")
 
 

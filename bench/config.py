@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,10 @@ class TrainConfig:
     """chunks per env per iteration (env steps per iteration = n_envs * n_steps * Ta)"""
     checkpoint_every: int = 10
     """iterations between checkpoints (the last iteration always checkpoints)"""
+    max_loss: float | None = 1e10
+    """divergence threshold: a run stops with an error when the absolute value of any logged loss of an
+    iteration exceeds this (None: no threshold; non-finite losses, parameters and optimiser state always
+    stop a run). No checkpoint of the diverged state is written: the last good one is kept."""
 
 
 @dataclass
@@ -269,9 +274,7 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
     for source, layer in preset_layers(task, spec.suite, algorithm, algo_cls, preset) + [("--set", overrides or {})]:
         apply_overrides(cfg, layer, source)
     resolve_task_values(cfg, spec)
-    algo_cls.check_config(cfg.algo)
-    if cfg.env.sim != "mujoco" and spec.suite != "furniture":
-        raise BenchError(f"env.sim={cfg.env.sim} is only for furniture tasks; task {task!r} is a {spec.suite} task")
+    validate(cfg, spec)
     if cfg.env.sim == "isaacgym":  # before any data or pre-training is made for a run that cannot start
         from envs.furniture_isaacgym import check_installed
 
@@ -295,6 +298,105 @@ def resolve_task_values(cfg: RunConfig, spec) -> None:
         raise BenchError(f"env.act_steps ({env.act_steps}) cannot exceed env.horizon_steps ({env.horizon_steps})")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Validation: the value rules of a composed config, in one place (`validate`, called by
+# build_run_config and run_config_from_dict before anything is made, pre-trained or written).
+
+AT_LEAST_1 = ("env.n_envs", "eval.n_envs", "eval.n_episodes", "eval.every", "train.n_iterations", "train.n_steps",
+              "train.checkpoint_every", "pretrain.denoising_steps", "pretrain.batch_size", "pretrain.time_dim",
+              "pretrain.ema_every", "data.n_transitions", "data.n_demos")
+"""integer keys that must be >= 1 (env.horizon_steps, env.act_steps, env.max_episode_steps: resolve_task_values)"""
+AT_LEAST_0 = ("seed", "torch_threads", "eval.seed", "data.seed", "pretrain.seed", "pretrain.n_updates",
+              "pretrain.ema_start")
+"""integer keys that must be >= 0 (torch_threads 0: torch's default; pretrain.n_updates 0: an untrained policy)"""
+
+
+def _is_lr(name: str) -> bool:
+    return name == "lr" or name.endswith("_lr") or name == "lr_min" or name.endswith("_lr_min")
+
+
+def validate(cfg: RunConfig, spec=None) -> None:
+    """Raise a one-line BenchError for the first value no run can use. The rules:
+
+    - the keys in AT_LEAST_1 are >= 1, those in AT_LEAST_0 >= 0; pretrain.hidden_dims entries >= 1;
+    - no number anywhere in the config is NaN;
+    - learning rates, every field (any section) named `lr`, `*_lr`, `lr_min` or `*_lr_min`, are finite and
+      >= 0 (0 freezes what that optimiser trains; a cosine schedule may decay to lr_min = 0);
+    - every field named `*weight_decay` is finite and >= 0, every `*batch_size` >= 1;
+    - pretrain.ema_decay is in [0, 1]; pretrain.denoised_clip is None or > 0;
+    - train.max_loss is None or > 0;
+    - env.sim other than mujoco only for furniture tasks;
+    - the chain a fine-tuned denoising algorithm uses (a config with `ft_denoising_steps`): with
+      `use_ddim`, 1 <= ddim_steps <= K = pretrain.denoising_steps and ddim_steps divides K; then
+      1 <= ft_denoising_steps <= the chain's length (ddim_steps with DDIM, else K);
+    - then the algorithm's own `check_config`.
+    """
+    from algorithms.registry import get_algorithm
+    from envs.tasks import get_task
+
+    spec = spec or get_task(cfg.task)
+    flat = {}
+    _collect(cfg, "", flat)
+    for key in AT_LEAST_1:
+        if flat[key] < 1:
+            raise BenchError(f"{key} must be >= 1, got {flat[key]}")
+    for key in AT_LEAST_0:
+        if flat[key] < 0:
+            raise BenchError(f"{key} must be >= 0, got {flat[key]}")
+    for key, value in flat.items():
+        name = key.rpartition(".")[2]
+        if isinstance(value, float) and math.isnan(value):
+            raise BenchError(f"{key} is nan; give a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if _is_lr(name) and not (math.isfinite(value) and value >= 0):
+            raise BenchError(f"learning rate {key} must be a finite number >= 0 (0 freezes), got {value}")
+        if name.endswith("weight_decay") and not (math.isfinite(value) and value >= 0):
+            raise BenchError(f"{key} must be a finite number >= 0, got {value}")
+        if name.endswith("batch_size") and value < 1:
+            raise BenchError(f"{key} must be >= 1, got {value}")
+    if any(d < 1 for d in cfg.pretrain.hidden_dims):
+        raise BenchError(f"pretrain.hidden_dims must be positive, got {list(cfg.pretrain.hidden_dims)}")
+    if not 0 <= cfg.pretrain.ema_decay <= 1:
+        raise BenchError(f"pretrain.ema_decay must be in [0, 1], got {cfg.pretrain.ema_decay}")
+    if cfg.pretrain.denoised_clip is not None and not cfg.pretrain.denoised_clip > 0:
+        raise BenchError(f"pretrain.denoised_clip must be > 0 or none, got {cfg.pretrain.denoised_clip}")
+    if cfg.train.max_loss is not None and not cfg.train.max_loss > 0:
+        raise BenchError(f"train.max_loss must be > 0 or none (no threshold), got {cfg.train.max_loss}")
+    if cfg.env.sim != "mujoco" and spec.suite != "furniture":
+        raise BenchError(f"env.sim={cfg.env.sim} is only for furniture tasks; task {cfg.task!r} is a {spec.suite} task")
+    _check_denoising_chain(cfg)
+    get_algorithm(cfg.algorithm).check_config(cfg.algo)
+
+
+def _collect(obj, prefix: str, out: dict) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _collect(value, f"{prefix}{f.name}.", out)
+        else:
+            out[prefix + f.name] = value
+
+
+def _check_denoising_chain(cfg: RunConfig) -> None:
+    algo = cfg.algo
+    n_ft = getattr(algo, "ft_denoising_steps", None)
+    if n_ft is None or isinstance(n_ft, bool) or not isinstance(n_ft, int):
+        return
+    K = cfg.pretrain.denoising_steps
+    n_chain, what = K, f"pretrain.denoising_steps = {K}"
+    if getattr(algo, "use_ddim", False) is True and isinstance(getattr(algo, "ddim_steps", None), int):
+        S = algo.ddim_steps
+        if not 1 <= S <= K or K % S:
+            divisors = [d for d in range(1, K + 1) if K % d == 0]
+            raise BenchError(f"algo.ddim_steps must divide pretrain.denoising_steps ({K}) with use_ddim, got {S}; "
+                             f"valid: {', '.join(map(str, divisors))}")
+        n_chain, what = S, f"algo.ddim_steps = {S} (use_ddim)"
+    if not 1 <= n_ft <= n_chain:
+        raise BenchError(f"algo.ft_denoising_steps must be in 1..{n_chain}, the length of the denoising chain "
+                         f"({what}), got {n_ft}")
+
+
 def run_config_from_dict(d: dict) -> RunConfig:
     """Rebuild a saved (resolved) config; the same validation applies."""
     from algorithms.registry import get_algorithm
@@ -303,5 +405,7 @@ def run_config_from_dict(d: dict) -> RunConfig:
 
     cfg = RunConfig(algo=get_algorithm(d["algorithm"]).Config())
     apply_overrides(cfg, flatten(d), "saved config")
-    resolve_task_values(cfg, get_task(cfg.task))  # configs saved before resolution have None there
+    spec = get_task(cfg.task)
+    resolve_task_values(cfg, spec)  # configs saved before resolution have None there
+    validate(cfg, spec)
     return cfg

@@ -181,6 +181,8 @@ _GAUSSIAN_PPO_PRESETS = {
 # Per algorithm: dotted overrides per suite (or task), applied after the suite defaults.
 ALGORITHM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "dppo": {
+        # cfg/gym/finetune/*/ft_ppo_diffusion_mlp.yaml: PPO's epochs stop early past an approximate KL of 1
+        "gym": {"algo.target_kl": 1.0},
         "robomimic": {"algo.gamma": 0.999, "algo.clip_base": 0.001, "algo.n_critic_warmup_itr": 2,
                       "algo.actor_lr": 1e-4, "algo.actor_lr_min": 1e-4, "algo.update_epochs": 10,
                       "algo.batch_size": 7500},

@@ -5,7 +5,14 @@ Policy kinds (an algorithm names its own in `policy_kind`) come from the registr
 with the same optimiser settings and budget. The cache key hashes (policy kind, task, dataset checksum,
 chunk length Tp, the kind's resolved architecture and the optimisation config): any change to the data
 or to a setting the policy depends on gives a new checkpoint `<kind>-<key>.pt`; `bench run` reuses a
-match. The saved weights are the EMA weights (used for evaluation and as the fine-tuning start).
+match. The saved weights are the EMA weights (used for evaluation and as the fine-tuning start). The
+checkpoint also records the loop's throughput: `wall_s`, `updates_per_s`, `samples_per_s` (updates x
+batch size), `device` and `torch_threads`.
+
+A dataset without one action chunk of Tp steps inside an episode is a one-line error before anything is
+trained. Temporary files of killed pre-trainings in the task's cache directory are removed when it is next
+used (`core.atomic.remove_stale_temp_files`). A corrupt cached checkpoint is an error that names
+`bench pretrain ... --force`, which retrains it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 
 from algorithms.policies import DIFFUSION_FIELDS, get_policy_kind
 from bench.config import PretrainConfig, apply_overrides, flatten, pretrain_config
-from core.atomic import atomic_torch_save
+from core.atomic import atomic_torch_save, remove_stale_temp_files
 from core.errors import BenchError
 from core.paths import cache_root
 from envs.datasets import TransitionDataset
@@ -76,10 +83,15 @@ def chunk_tensors(ds: TransitionDataset, norm: Normalizer, horizon_steps: int):
 
 def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: TransitionDataset, horizon_steps: int,
                     cfg: PretrainConfig, device: str = "cpu", progress=None, force: bool = False) -> Path:
-    """Train (or reuse) the `kind` policy on the dataset's chunks; returns the checkpoint path."""
+    """Train (or reuse) the `kind` policy on the dataset's chunks; returns the checkpoint path.
+
+    `progress(update, n_updates, mean_loss)` is called every 100 updates (and after the last), after the
+    loss read-back that waits for the queued updates (so a callback's clock times the device's work)."""
     check_architecture(kind, cfg)
+    ds.check_chunks(horizon_steps)  # a one-line error before anything is trained or reused
     key = pretrain_key(task, ds.checksum, horizon_steps, cfg, kind)
     path = pretrained_path(task, key, kind)
+    remove_stale_temp_files(path.parent)  # partial checkpoints of killed pre-trainings
     if path.exists() and not force:
         return path
     norm = Normalizer.from_data(ds.observations, ds.actions)
@@ -94,11 +106,18 @@ def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: Transi
     def lr_at(step):  # cosine from lr to lr_min
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / max(cfg.n_updates, 1)))
 
-    curve, window, t0, n = [], [], time.time(), len(obs)
+    # The EMA's tensors paired with the live ones once: its copy (before ema_start) and lerp are one foreach
+    # call each, not load_state_dict's per-module Python work or a loop over parameters (same values, bit for
+    # bit). Nothing in the loop reads a device value back except the loss, once every 100 updates.
+    ema_sd, live_sd = ema.state_dict(), policy.state_dict()
+    ema_all, live_all = list(ema_sd.values()), [live_sd[k] for k in ema_sd]
+    ema_params, live_params = list(ema.parameters()), list(policy.parameters())
+    curve, window, n, batch = [], [], len(obs), cfg.batch_size
+    t0 = time.perf_counter()
     for step in range(cfg.n_updates):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen, device=device)
+        idx = torch.randint(0, n, (batch,), generator=gen, device=device)
         loss = policy.loss(acts[idx], obs[idx], generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,24 +126,26 @@ def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: Transi
         if step % cfg.ema_every == 0:
             with torch.no_grad():
                 if step < cfg.ema_start:
-                    ema.load_state_dict(policy.state_dict())
+                    torch._foreach_copy_(ema_all, live_all)
                 else:
-                    for pe, p in zip(ema.parameters(), policy.parameters()):
-                        pe.lerp_(p, 1 - cfg.ema_decay)
+                    torch._foreach_lerp_(ema_params, live_params, 1 - cfg.ema_decay)
         if (step + 1) % 100 == 0 or step + 1 == cfg.n_updates:
-            mean_loss = torch.stack(window).mean().item()
+            mean_loss = torch.stack(window).mean().item()  # waits for the queued updates: the timing is true
             window = []
             if not math.isfinite(mean_loss):
                 raise BenchError(f"pre-training loss became {mean_loss} before update {step + 1}; lower pretrain.lr")
             curve.append({"update": step + 1, "loss": mean_loss})
             if progress:
                 progress(step + 1, cfg.n_updates, mean_loss)
+    wall = time.perf_counter() - t0
     atomic_torch_save(path, {
         "format": FORMAT_VERSION, "task": task, "key": key, "policy_kind": kind,
         "config": dataclasses.asdict(cfg), "horizon_steps": horizon_steps, "obs_dim": obs_dim,
         "act_dim": act_dim, "data_checksum": ds.checksum, "data_source": ds.source,
         "normalizer": norm.state_dict(), "state_dict": ema.state_dict(), "loss_curve": curve,
-        "wall_s": time.time() - t0, "torch": torch.__version__,
+        "wall_s": wall, "updates_per_s": cfg.n_updates / max(wall, 1e-9),
+        "samples_per_s": cfg.n_updates * batch / max(wall, 1e-9), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
     })
     return path
 
@@ -148,8 +169,21 @@ def load_pretrained(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, N
         policy = build_policy(blob.get("policy_kind", "diffusion"), blob["obs_dim"], blob["act_dim"],
                               blob["horizon_steps"], cfg)
         policy.load_state_dict(blob["state_dict"])
+        norm = Normalizer.from_state_dict(blob["normalizer"])
     except BenchError:
         raise
     except Exception as e:
-        raise BenchError(f"cannot load pre-trained checkpoint {path}: corrupt or incompatible ({e})") from None
-    return policy.to(device), Normalizer.from_state_dict(blob["normalizer"]), blob
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BenchError(f"cannot load pre-trained checkpoint {path}: corrupt or incompatible ({reason}); "
+                         f"{rebuild_hint(path)}") from None
+    return policy.to(device), norm, blob
+
+
+def rebuild_hint(path: Path) -> str:
+    """How to rebuild the cached checkpoint `path` (`<cache>/pretrained/<task>/<kind>-<key>.pt`)."""
+    path = Path(path)
+    kind, sep, key = path.stem.rpartition("-")
+    if path.parent.parent.name == "pretrained" and sep and len(key) == 16:
+        return (f"rebuild it with `bench pretrain --task {path.parent.name} --policy {kind} --force` and the "
+                f"run's --preset/--set options, or delete it (`bench run` then trains it again)")
+    return "rebuild it with `bench pretrain ... --force` (the run's task, policy, preset and options)"

@@ -26,8 +26,8 @@ import torch
 from algorithms.base import AlgoContext, Algorithm, Rollout
 from algorithms.registry import get_algorithm
 from bench.config import RunConfig, flatten, run_config_from_dict, to_dict
+from core.atomic import atomic_torch_save, atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from core.errors import BenchError
-from core.atomic import atomic_torch_save, atomic_write_csv, atomic_write_json
 from core.runstore import RunStore
 from envs.tasks import TaskSpec, get_task
 from envs.vector import Normalizer, TaskVectorEnv
@@ -113,16 +113,27 @@ class RunContext:
         return cls(cfg, get_task(cfg.task), resolve_device(cfg.device))
 
 
-def prepare_policy(ctx: RunContext, log=print, progress=None):
+def prepare_policy(ctx: RunContext, log=print, progress=None, expect: dict | None = None):
     """Dataset (made if missing) -> the pre-trained policy of the algorithm's `policy_kind` (cached);
-    returns (policy, normalizer, meta)."""
-    from bench.pretrain import check_architecture, load_pretrained, pretrain_policy
+    returns (policy, normalizer, meta). `expect` (a resumed run's recorded "data_checksum" and
+    "pretrained_key", either may be None) is checked before anything is pre-trained: a mismatch is a
+    BenchError."""
+    from bench.pretrain import check_architecture, load_pretrained, pretrain_key, pretrain_policy
     from envs.datasets import load_dataset
 
     cfg, task = ctx.cfg, ctx.task
     kind = get_algorithm(cfg.algorithm).policy_kind
     check_architecture(kind, cfg.pretrain)  # before any data is made
     ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log, data=cfg.data)
+    expect = expect or {}
+    if expect.get("data_checksum") and expect["data_checksum"] != ds.checksum:
+        raise BenchError(f"cannot resume: the dataset {cfg.data.source!r} changed since the run started (checksum "
+                         f"{ds.checksum[:16]}, the run was trained on {expect['data_checksum'][:16]}); restore the "
+                         f"data or start a new run (another --out or --seed)")
+    key = pretrain_key(cfg.task, ds.checksum, cfg.env.horizon_steps, cfg.pretrain, kind)
+    if expect.get("pretrained_key") and expect["pretrained_key"] != key:
+        raise BenchError(f"cannot resume: the pre-trained policy would be {kind}-{key}, the run started from "
+                         f"{kind}-{expect['pretrained_key']}; start a new run (another --out or --seed)")
     path = pretrain_policy(kind, cfg.task, task.obs_dim, task.act_dim, ds, cfg.env.horizon_steps, cfg.pretrain,
                            str(ctx.device), progress)
     policy, norm, meta = load_pretrained(path, str(ctx.device))
@@ -260,10 +271,116 @@ def collect_rollout(algo: Algorithm, env: TaskVectorEnv, obs: np.ndarray, n_step
 # The run
 
 
-def _finite(metrics: dict, iteration: int) -> None:
+def _checkpoint_note(store: RunStore) -> str:
+    """What a stopped run leaves to resume from, for its error message."""
+    if not store.checkpoint.exists():
+        return "no checkpoint was written yet"
+    try:
+        it = torch.load(store.checkpoint, map_location="cpu", weights_only=False).get("iteration")
+    except Exception:
+        it = None
+    return f"last good checkpoint kept{f': iteration {it}' if it is not None else ''}"
+
+
+def _diverged(metrics: dict, iteration: int, max_loss: float | None) -> str | None:
+    """Why an iteration's metrics show divergence (non-finite values, a loss above train.max_loss), or None."""
     bad = [k for k, v in metrics.items() if isinstance(v, float) and (math.isinf(v) or (math.isnan(v) and k.endswith("loss")))]
     if bad:
-        raise BenchError(f"non-finite {', '.join(bad)} at iteration {iteration}; the run stops (last checkpoint kept)")
+        return f"non-finite {', '.join(bad)} at iteration {iteration}"
+    if max_loss is not None:
+        big = {k: v for k, v in metrics.items() if k.endswith("loss") and isinstance(v, (int, float))
+               and not isinstance(v, bool) and abs(v) > max_loss}
+        if big:
+            return (f"{', '.join(f'{k} = {v:.3g}' for k, v in big.items())} at iteration {iteration} exceeds "
+                    f"train.max_loss = {max_loss:g} (diverged)")
+    return None
+
+
+def _state_tensors(algo: Algorithm):
+    """(name, tensor) of the algorithm's networks (parameters, buffers) and optimiser states; replay buffers
+    and other data parts are not included."""
+    import operator
+
+    for path in type(algo).state_parts:
+        try:
+            part = operator.attrgetter(path)(algo)
+        except AttributeError:
+            continue
+        if isinstance(part, torch.nn.Module):
+            yield from ((f"{path}.{n}", t) for n, t in part.named_parameters())
+            yield from ((f"{path}.{n}", t) for n, t in part.named_buffers())
+        elif isinstance(part, torch.optim.Optimizer):
+            for i, st in enumerate(part.state.values()):
+                yield from ((f"{path}.state[{i}].{n}", t) for n, t in st.items() if isinstance(t, torch.Tensor))
+
+
+def non_finite_state(algo: Algorithm) -> list[str]:
+    """Names of the algorithm's parameters/optimiser-state tensors holding NaN or inf: one pass, one device
+    sync per device (the names are only looked up when something is bad)."""
+    tensors = [(n, t) for n, t in _state_tensors(algo) if t.is_floating_point() and t.numel()]
+    by_device: dict = {}
+    for n, t in tensors:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+        return []
+    return [n for n, t in tensors if not bool(torch.isfinite(t).all())]
+
+
+def _stop(store: RunStore, why: str, hint: str = "") -> BenchError:
+    return BenchError(f"{why}; the run stops ({_checkpoint_note(store)}){hint}")
+
+
+def check_out_root(out_root: Path, rdir: Path, option: str = "--out") -> None:
+    """BenchError, before any work, when the run directory cannot be written: a file on its path, or a
+    directory that does not accept files (read-only). Nothing is left behind."""
+    import os
+    import tempfile
+
+    p = rdir / "checkpoints"
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise BenchError(f"{option} {out_root}: {p} is a file, not a directory; give a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".dppo-bench-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BenchError(f"{option} {out_root}: cannot write in {p} ({e.strerror or e}); give a writable directory") from None
+
+
+def _saved_config(store: RunStore) -> dict | None:
+    if not store.config.exists():
+        return None
+    try:
+        return json.loads(store.config.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BenchError(f"cannot resume {store.dir}: its config.json is unreadable; delete the run directory "
+                         f"to start again") from None
+
+
+def _config_diff(saved_d: dict, cfg: RunConfig, what: str, rdir: Path) -> None:
+    try:
+        saved = run_config_from_dict(saved_d)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BenchError(f"cannot resume {rdir}: the config in its {what} is incomplete ({e})") from None
+    if to_dict(saved) != to_dict(cfg):
+        saved_flat = flatten(to_dict(saved))
+        diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if saved_flat.get(k) != v)
+        raise BenchError(f"cannot resume {rdir}: config differs from the {what} in {', '.join(diff)}")
+
+
+def _recorded_inputs(store: RunStore, state: dict) -> dict:
+    """The dataset checksum and pre-trained key a run started from: its checkpoint's, else versions.json's."""
+    out = {"data_checksum": state.get("dataset_checksum"), "pretrained_key": state.get("pretrained_key")}
+    if (out["data_checksum"] is None or out["pretrained_key"] is None) and store.versions.exists():
+        try:
+            v = json.loads(store.versions.read_text())
+            out["data_checksum"] = out["data_checksum"] or v.get("dataset_checksum")
+            out["pretrained_key"] = out["pretrained_key"] or (v.get("pretrained") or {}).get("key")
+        except (OSError, ValueError, AttributeError):
+            pass
+    return out
 
 
 def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "", log=print,
@@ -271,6 +388,9 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
     """Train, evaluate and write one run; returns the summary. Resumes from the run's last checkpoint."""
     store = RunStore.of(out_root, cfg.task, cfg.algorithm, cfg.seed)
     rdir = store.dir
+    # temp files of killed writes (checkpoints/ included); any age: a live writer of this run dir would be a
+    # second copy of the same run, which is unsupported anyway, and its lock still protects its file
+    remove_stale_temp_files(rdir, min_age_s=0, recursive=True)
     if store.complete():
         if resume:
             log(f"run {rdir} is already complete")
@@ -278,20 +398,22 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         raise BenchError(f"run {rdir} already exists and is complete; use another --out or --seed, or delete it")
     if rdir.exists() and any(rdir.iterdir()) and not resume:
         raise BenchError(f"run {rdir} exists but is incomplete; continue it with --resume")
-    state = None
+    state, expect = None, None
     if resume and store.checkpoint.exists():
         state = load_checkpoint(store.checkpoint)
-        saved = run_config_from_dict(state["config"])
-        if to_dict(saved) != to_dict(cfg):
-            saved_flat = flatten(to_dict(saved))
-            diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if saved_flat.get(k) != v)
-            raise BenchError(f"cannot resume {rdir}: config differs from the checkpoint in {', '.join(diff)}")
+        _config_diff(state["config"], cfg, "checkpoint", rdir)
+        expect = _recorded_inputs(store, state)
+    elif resume:  # no checkpoint yet: the run restarts, but only with the config it was started with
+        saved = _saved_config(store)
+        if saved is not None:
+            _config_diff(saved, cfg, "run's config.json", rdir)
+    check_out_root(out_root, rdir)
 
     ctx = RunContext.of(cfg)
     device, task = ctx.device, ctx.task
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    policy, norm, pre_meta = prepare_policy(ctx, log, pretrain_progress)
+    policy, norm, pre_meta = prepare_policy(ctx, log, pretrain_progress, expect)
     seed_everything(cfg.seed)
     algo = build_algorithm(ctx, policy)
     env = make_env(ctx, norm, cfg.env.n_envs)
@@ -308,7 +430,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
                                            "dataset_source": pre_meta["data_source"], "pretrained": pre_meta})
         start_itr, env_steps, wall_before, rows, evals = 0, 0, 0.0, [], []
     else:
-        algo.load_state_dict(state["algo"])
+        _load_algo_state(algo, state, store.checkpoint)
         set_rng_state(state["rng"])
         restored_obs = env_restore(env, state["env"])
         if restored_obs is not None:  # else the envs were reset: their unfinished episodes are not counted
@@ -344,8 +466,14 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         try:
             algo_metrics = algo.update(ro, itr)
         except FloatingPointError as e:
-            raise BenchError(f"{e}; the run stops (last checkpoint kept)") from None
-        _finite(algo_metrics, itr)
+            raise _stop(store, str(e)) from None
+        why = _diverged(algo_metrics, itr + 1, cfg.train.max_loss)
+        bad = [] if why else non_finite_state(algo)  # one pass over the networks and optimiser states
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            why = f"non-finite parameters or optimiser state after iteration {itr + 1}: {', '.join(bad[:3])}{more}"
+        if why:  # nothing of the diverged state is written: no metrics row, no checkpoint
+            raise _stop(store, why, "; lower the learning rates")
         env_steps += steps
         t2 = time.time()
         row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
@@ -358,7 +486,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
             do_eval(itr + 1)
         if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
             save_checkpoint(store.checkpoint, cfg, algo, policy, norm, itr + 1, env_steps,
-                            wall_before + time.time() - t_start, tracker, env, obs, rows, evals)
+                            wall_before + time.time() - t_start, tracker, env, obs, rows, evals, pre_meta)
         if progress:
             progress.update(itr + 1, env_steps, row, evals[-1])
 
@@ -439,23 +567,48 @@ def env_restore(env: TaskVectorEnv, snap: dict) -> np.ndarray | None:
 
 
 def save_checkpoint(path: Path, cfg, algo, policy, norm, iteration, env_steps, wall_s, tracker, env, obs,
-                    rows, evals) -> None:
+                    rows, evals, pre_meta: dict | None = None) -> None:
+    pre_meta = pre_meta or {}
     atomic_torch_save(path, {
         "format": CHECKPOINT_FORMAT, "config": to_dict(cfg), "iteration": iteration, "env_steps": env_steps,
         "wall_s": wall_s, "algo": algo.state_dict(), "pretrained": policy.state_dict(),
         "normalizer": norm.state_dict(), "rng": rng_state(), "tracker": tracker.state_dict(),
         "env": env_snapshot(env, obs), "metrics": rows, "evals": evals,
+        "dataset_checksum": pre_meta.get("data_checksum"), "pretrained_key": pre_meta.get("key"),
     })
 
 
+CHECKPOINT_KEYS = ("config", "iteration", "env_steps", "wall_s", "algo", "pretrained", "normalizer", "rng",
+                   "tracker", "env", "metrics", "evals")
+
+
 def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"{path} is a directory, not a checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise BenchError(f"cannot load checkpoint {path}: corrupt or not a checkpoint ({str(e).splitlines()[0]})") from None
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BenchError(f"cannot load checkpoint {path}: corrupt or not a checkpoint ({msg})") from None
+    if isinstance(state, dict) and "policy_kind" in state and "state_dict" in state:
+        raise BenchError(f"{path} is a pre-trained policy, not a run checkpoint; give a run directory or its "
+                         f"checkpoints/last.pt")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise BenchError(f"{path} is not a dppo-bench run checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing or not isinstance(state["config"], dict) or not isinstance(state["algo"], dict):
+        raise BenchError(f"checkpoint {path} is incomplete (missing {', '.join(missing) or 'a valid config/algo'}); "
+                         f"it cannot be evaluated or resumed")
     return state
+
+
+def _load_algo_state(algo: Algorithm, state: dict, path: Path) -> None:
+    try:
+        algo.load_state_dict(state["algo"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BenchError(f"checkpoint {path}: its algo state does not fit {type(algo).__name__} ({msg})") from None
 
 
 def load_for_eval(path: Path, device_name: str = "cpu"):
@@ -468,23 +621,33 @@ def load_for_eval(path: Path, device_name: str = "cpu"):
     if not path.exists():
         raise BenchError(f"no checkpoint at {path}")
     state = load_checkpoint(path)
-    cfg = run_config_from_dict(state["config"])
+    try:
+        cfg = run_config_from_dict(state["config"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BenchError(f"checkpoint {path}: its config is incomplete ({e})") from None
     cfg.device = device_name
     ctx = RunContext.of(cfg)
     policy = build_policy(get_algorithm(cfg.algorithm).policy_kind, ctx.task.obs_dim, ctx.task.act_dim,
                           cfg.env.horizon_steps, cfg.pretrain)
-    policy.load_state_dict(state["pretrained"])
+    try:
+        policy.load_state_dict(state["pretrained"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BenchError(f"checkpoint {path}: its pre-trained weights do not fit the config ({msg})") from None
     algo = build_algorithm(ctx, policy.to(ctx.device))
-    algo.load_state_dict(state["algo"])
+    _load_algo_state(algo, state, path)
     return ctx, algo, Normalizer.from_state_dict(state["normalizer"]), state
 
 
 def eval_checkpoint(path: Path, n_episodes: int | None = None, seed: int | None = None, device: str = "cpu") -> dict:
+    if n_episodes is not None and (isinstance(n_episodes, bool) or n_episodes < 1):
+        raise BenchError(f"--episodes must be >= 1, got {n_episodes}")
+    if seed is not None and seed < 0:
+        raise BenchError(f"--seed must be >= 0, got {seed}")
     ctx, algo, norm, state = load_for_eval(path, device)
     cfg = ctx.cfg
-    n_envs = min(cfg.eval.n_envs, n_episodes or cfg.eval.n_episodes)
-    env = make_env(ctx, norm, n_envs)
-    res = evaluate(algo, env, n_episodes or cfg.eval.n_episodes,
-                   cfg.eval.seed + cfg.seed if seed is None else seed, ctx.device)
+    n_episodes = cfg.eval.n_episodes if n_episodes is None else n_episodes
+    env = make_env(ctx, norm, min(cfg.eval.n_envs, n_episodes))
+    res = evaluate(algo, env, n_episodes, cfg.eval.seed + cfg.seed if seed is None else seed, ctx.device)
     env.close()
     return {"task": cfg.task, "algorithm": cfg.algorithm, "seed": cfg.seed, "iteration": state["iteration"], **res}

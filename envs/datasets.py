@@ -4,12 +4,19 @@ built-in "medium" datasets rolled out from the shipped behaviour policies. Robom
 
 Every loader returns a `TransitionDataset` with a content checksum (sha256 over the arrays), which runs
 record and the pre-training cache keys on. Episodes end at `terminals | timeouts` (D4RL convention).
+D4RL files without `timeouts` (older D4RL versions) get them derived exactly from `next_observations`
+(`derive_timeouts`; not from a maximum episode length, which would mis-cut episodes that end early
+without a termination), with a note in the log; a file with neither key is refused. Built-in datasets
+are verified against their checksum sidecar (`envs.transitions`); stale temporary files of killed writers
+in the cache are removed when a built-in dataset is resolved (`core.atomic.remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 from pathlib import Path
@@ -17,10 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import BenchError
-from core.atomic import atomic_path, atomic_write_json
+from core.atomic import atomic_path, atomic_write_json, remove_stale_temp_files
 from core.paths import cache_root
-from envs.transitions import D4RL_KEYS, TransitionDataset  # noqa: F401 (TransitionDataset re-exported)
+from envs.transitions import (D4RL_KEYS, TransitionDataset, as_numbers, builtin_needs_making,  # noqa: F401
+                              builtin_state, incomplete_message, missing_builtin_error, remake_hint,
+                              sidecar_path, verify_builtin)
 
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,12 +53,15 @@ class DataConfig:
 
 
 def write_d4rl_hdf5(path: Path, ds: TransitionDataset, next_observations: np.ndarray | None = None,
-                    attrs: dict | None = None) -> None:
-    """Write the D4RL layout atomically: observations, actions, rewards, terminals, timeouts (+ next_observations)."""
+                    attrs: dict | None = None, sidecar: dict | None = None) -> None:
+    """Write the D4RL layout atomically: observations, actions, rewards, terminals, timeouts (+ next_observations).
+
+    With `sidecar`, that dict is written as the file's `.json` checksum sidecar first, and the data file
+    is renamed into place after it (see `envs.transitions`): the pair is never half there."""
     import h5py
 
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             for name in D4RL_KEYS:
                 f.create_dataset(name, data=getattr(ds, name), compression="gzip", compression_opts=1)
             if next_observations is not None:
@@ -56,71 +69,135 @@ def write_d4rl_hdf5(path: Path, ds: TransitionDataset, next_observations: np.nda
                                  compression_opts=1)
             for k, v in (attrs or {}).items():
                 f["metadata/" + k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+        if sidecar is not None:
+            atomic_write_json(sidecar_path(path), sidecar)
 
 
-def load_d4rl_hdf5(path: str | Path) -> TransitionDataset:
+def derive_timeouts(observations: np.ndarray, next_observations: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    """Time-limit episode ends of a D4RL file without `timeouts` (older D4RL versions), exactly: an
+    episode ends after step i without a termination iff next_observations[i] is not observations[i + 1]
+    (compared bit for bit as stored; within an episode the next observation *is* the following one).
+    The last step is left to the dataset, which closes it."""
+    n = len(observations)
+    timeouts = np.zeros(n, bool)
+    if n > 1:
+        differs = (next_observations[:-1] != observations[1:]).reshape(n - 1, -1).any(1)
+        timeouts[:-1] = differs & ~terminals[:-1]
+    return timeouts
+
+
+def load_d4rl_hdf5(path: str | Path, log=None) -> TransitionDataset:
+    """A D4RL-format file. Without `timeouts` (older D4RL versions) the time-limit ends are derived
+    exactly from `next_observations` (`derive_timeouts`), with a note in `log` (default: a logged
+    warning); a file with neither is refused."""
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"dataset {path} is a directory, not an hdf5 file")
     if not path.is_file():
         raise BenchError(f"dataset file {path} does not exist")
+    note = None
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in D4RL_KEYS if not isinstance(f.get(k), h5py.Dataset)]
-            if missing:
-                raise BenchError(f"{path} is not a D4RL-format dataset: missing {', '.join(missing)} "
+            derive = missing == ["timeouts"] and isinstance(f.get("next_observations"), h5py.Dataset)
+            if missing and not derive:
+                extra = (" (and no next_observations to derive timeouts from)" if missing == ["timeouts"] else "")
+                raise BenchError(f"{path} is not a D4RL-format dataset: missing {', '.join(missing)}{extra} "
                                  f"(needs {', '.join(D4RL_KEYS)})")
-            arrays = {k: f[k][()] for k in D4RL_KEYS}
+            arrays = {k: f[k][()] for k in D4RL_KEYS if k not in missing}
+            if derive:
+                next_obs = f["next_observations"][()]
+                if next_obs.shape != arrays["observations"].shape:
+                    raise BenchError(f"{path} has no timeouts, and its next_observations {next_obs.shape} do not "
+                                     f"match its observations {arrays['observations'].shape}: episode ends "
+                                     f"cannot be derived")
+                as_numbers(next_obs, "next_observations", path)
+                as_numbers(arrays["observations"], "observations", path)
+                as_numbers(arrays["terminals"], "terminals", path)
+                arrays["timeouts"] = derive_timeouts(arrays["observations"], next_obs,
+                                                     arrays["terminals"].astype(bool).reshape(-1))
+                note = (f"{path} has no timeouts (an older D4RL version): derived {int(arrays['timeouts'].sum())} "
+                        f"time-limit episode end(s) from next_observations (where next_observations[i] is not "
+                        f"observations[i+1] and the step is not terminal)")
     except OSError as e:
-        raise BenchError(f"cannot read dataset {path}: corrupt or not hdf5 ({e})") from None
+        raise BenchError(f"cannot read dataset {path}: corrupt or not hdf5 ({str(e).splitlines()[0]})") from None
+    if note:
+        (log or _log.warning)(note)
     return TransitionDataset(
-        observations=arrays["observations"].astype(np.float32),
-        actions=arrays["actions"].astype(np.float32),
-        rewards=arrays["rewards"].astype(np.float32).reshape(-1),
-        terminals=arrays["terminals"].astype(bool).reshape(-1),
-        timeouts=arrays["timeouts"].astype(bool).reshape(-1),
+        observations=as_numbers(arrays["observations"], "observations", path),
+        actions=as_numbers(arrays["actions"], "actions", path),
+        rewards=as_numbers(arrays["rewards"], "rewards", path).reshape(-1),
+        terminals=as_numbers(arrays["terminals"], "terminals", path, bool).reshape(-1),
+        timeouts=as_numbers(arrays["timeouts"], "timeouts", path, bool).reshape(-1),
         source=str(path),
     )
 
 
 def load_checked_d4rl_hdf5(path: Path, task_name: str) -> TransitionDataset:
-    """A built-in dataset, verified against the checksum in its `.json` sidecar."""
-    ds = load_d4rl_hdf5(path)
-    meta_path = path.with_suffix(".json")
-    if meta_path.exists():
-        expected = json.loads(meta_path.read_text()).get("checksum")
-        if expected and expected != ds.checksum:
-            raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
-                             f"`bench data make {task_name} --force`")
-    return ds
+    """A built-in dataset, verified against the checksum in its `.json` sidecar (a dataset without a valid
+    sidecar is incomplete: an error). A damaged file's error says how to remake it."""
+    if builtin_state(path) == "incomplete":
+        raise BenchError(incomplete_message(path, task_name))
+    try:
+        ds = load_d4rl_hdf5(path)
+    except BenchError as e:
+        raise BenchError(f"{e}; {remake_hint(task_name)}") from None
+    return verify_builtin(ds, path, task_name)
+
+
+def minari_root() -> Path:
+    """Where Minari keeps local datasets: $MINARI_DATASETS_PATH, default ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
 
 
 def load_minari(dataset_id: str, download: bool = True) -> TransitionDataset:
-    """Load a Minari dataset (downloaded on first use when minari and the network are available)."""
+    """Load a Minari dataset from MINARI_DATASETS_PATH (downloaded on first use when `download` and
+    minari's download support and the network are available)."""
     try:
         import minari
     except ImportError:
         raise BenchError("minari is not installed: pip install 'minari==0.5.3'") from None
+    where = f"MINARI_DATASETS_PATH ({minari_root()})"
+    fix = (f"put it there (`minari download {dataset_id}` where the network is available) or set "
+           f"MINARI_DATASETS_PATH to the directory that holds it")
     try:
-        if dataset_id not in minari.list_local_datasets() and download:
+        local = dataset_id in minari.list_local_datasets()
+    except Exception as e:  # noqa: BLE001 - a damaged local store
+        raise BenchError(f"cannot load Minari dataset {dataset_id!r}: cannot list the datasets under {where} "
+                         f"({str(e).splitlines()[0]})") from None
+    if not local:
+        if not download:
+            raise BenchError(f"cannot load Minari dataset {dataset_id!r}: it is not local (not under {where}); {fix}")
+        try:
             minari.download_dataset(dataset_id)
+        except Exception as e:  # noqa: BLE001 - minari raises many kinds (no huggingface_hub, network, unknown id)
+            raise BenchError(f"cannot load Minari dataset {dataset_id!r}: it is not local (not under {where}) and "
+                             f"downloading it failed ({str(e).splitlines()[0]}); {fix}") from None
+    try:
         dataset = minari.load_dataset(dataset_id)
-    except Exception as e:  # minari raises many kinds (network, missing, version)
+        episodes = list(dataset.iterate_episodes())
+    except Exception as e:  # minari raises many kinds (missing, version)
         raise BenchError(f"cannot load Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from None
+    source = f"minari:{dataset_id}"
     obs, act, rew, term, tout = [], [], [], [], []
-    for ep in dataset.iterate_episodes():
-        o = np.asarray(ep.observations)
+    for ep in episodes:
+        if isinstance(ep.observations, dict) or isinstance(ep.actions, dict):
+            raise BenchError(f"dataset {source} has dict observations or actions; needs flat (Box) spaces")
+        o = as_numbers(ep.observations, "observations", source)
         obs.append(o[:-1])
-        act.append(np.asarray(ep.actions))
-        rew.append(np.asarray(ep.rewards))
+        act.append(as_numbers(ep.actions, "actions", source))
+        rew.append(as_numbers(ep.rewards, "rewards", source))
         t = np.asarray(ep.terminations, bool)
         tr = np.asarray(ep.truncations, bool).copy()
         tr[-1] |= not t[-1]
         term.append(t)
         tout.append(tr)
-    return TransitionDataset(np.concatenate(obs).astype(np.float32), np.concatenate(act).astype(np.float32),
-                             np.concatenate(rew).astype(np.float32), np.concatenate(term),
-                             np.concatenate(tout), source=f"minari:{dataset_id}")
+    if not obs:
+        raise BenchError(f"dataset {source} has no episodes")
+    return TransitionDataset(np.concatenate(obs), np.concatenate(act), np.concatenate(rew), np.concatenate(term),
+                             np.concatenate(tout), source=source)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,7 +224,7 @@ def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_en
 
     task = get_task(task_name)
     path = builtin_dataset_path(task_name, n_transitions, seed)
-    if path.exists() and not force:
+    if not builtin_needs_making(path, task_name, True, force, log):
         return path
     actor = load_behavior_policy(task_name)
     envs = gym.vector.SyncVectorEnv([lambda: task.make_env(task.env_id, task.max_episode_steps)] * n_envs,
@@ -180,8 +257,8 @@ def make_builtin_dataset(task_name: str, n_transitions: int, seed: int = 0, n_en
     returns = ds.episode_returns()
     attrs = {"task": task_name, "behavior_policy": f"envs/behavior_policies/{task_name}.pt", "seed": seed,
              "n_episodes": int(len(returns)), "mean_return": float(returns.mean())}
-    write_d4rl_hdf5(path, ds, cat["next"].astype(np.float32), attrs)
-    atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum, n_transitions=n_transitions))
+    write_d4rl_hdf5(path, ds, cat["next"].astype(np.float32), attrs,
+                    sidecar=dict(attrs, checksum=ds.checksum, n_transitions=n_transitions))
     log(f"wrote {path}: {n_transitions} transitions, {len(returns)} episodes, "
         f"mean return {returns.mean():.1f} (last episode may be cut)")
     return path
@@ -201,13 +278,18 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
         ds = task.builtin_dataset(task_name, data, make_missing, log)
     elif source == "builtin":
         path = builtin_dataset_path(task_name, n_transitions, seed)
-        if not path.exists():
+        remove_stale_temp_files(path.parent)
+        if builtin_state(path) != "complete":
             if not make_missing:
-                raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
+                raise missing_builtin_error(path, task_name)
             make_builtin_dataset(task_name, n_transitions, seed, log=log)
         ds = load_checked_d4rl_hdf5(path, task_name)
     elif source.startswith("minari:"):
         ds = load_minari(source.removeprefix("minari:"))
+    elif source and Path(source).is_dir():
+        raise BenchError(f"bad data.source {source!r}: it is a directory, not a dataset file; valid: 'builtin', a "
+                         f"D4RL .hdf5 path, 'minari:<id>', or a robomimic .hdf5 path (for a Minari dataset "
+                         f"directory set MINARI_DATASETS_PATH to its root and use 'minari:<id>')")
     elif source.endswith((".hdf5", ".h5")):
         from envs.robomimic_data import is_robomimic_hdf5, load_robomimic_hdf5
 
@@ -215,7 +297,7 @@ def load_dataset(task_name: str, source: str, n_transitions: int, seed: int, mak
             ds = (task.demo_file_loader or load_robomimic_hdf5)(source, task_name, data.filter_key if data else None)
             dataset_env_kwargs(task_name, source, log)  # check now that its env can be rebuilt
         else:
-            ds = load_d4rl_hdf5(source)
+            ds = load_d4rl_hdf5(source, log=log)
     else:
         raise BenchError(f"bad data.source {source!r}; valid: 'builtin', a D4RL .hdf5 path, 'minari:<id>', "
                          f"or a robomimic .hdf5 path")

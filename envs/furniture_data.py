@@ -91,7 +91,7 @@ def load_furniture_hdf5(path, task_name: str, filter_key: str | None = None) -> 
     return ds
 
 
-FURNITURE = DemoSuite(builtin_path, rollout_demo, env_args, load_furniture_hdf5)
+FURNITURE = DemoSuite(builtin_path, rollout_demo, env_args, load_furniture_hdf5, lambda task_name: OBS_KEYS)
 
 
 def builtin_dataset(task_name: str, data, make_missing: bool, log, force: bool = False) -> TransitionDataset:

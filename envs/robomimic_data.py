@@ -36,7 +36,8 @@ import numpy as np
 from core.errors import BenchError
 from core.atomic import atomic_path, atomic_write_json
 from core.paths import cache_root
-from envs.transitions import TransitionDataset
+from envs.transitions import (TransitionDataset, as_numbers, builtin_needs_making, remake_hint, sidecar_path,
+                              verify_builtin)
 
 DATA_VERSION = 1
 SUCCESS_HOLD = 10  # steps the task must stay solved before a demo ends (robosuite's collection script)
@@ -61,12 +62,14 @@ class Demo:
 
 
 def write_robomimic_hdf5(path: Path, demos: list[Demo], env_args: dict, masks: dict[str, list[str]],
-                         attrs: dict | None = None) -> None:
-    """Write demos as data/demo_0..demo_{n-1} in robomimic's layout, atomically."""
+                         attrs: dict | None = None, sidecar: dict | None = None) -> None:
+    """Write demos as data/demo_0..demo_{n-1} in robomimic's layout, atomically. With `sidecar`, that dict
+    is written as the file's `.json` checksum sidecar first, and the data file renamed into place after it
+    (see `envs.transitions`)."""
     import h5py
 
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             data = f.create_group("data")
             for i, demo in enumerate(demos):
                 g = data.create_group(f"demo_{i}")
@@ -82,9 +85,11 @@ def write_robomimic_hdf5(path: Path, demos: list[Demo], env_args: dict, masks: d
             data.attrs["total"] = sum(len(d) for d in demos)
             data.attrs["env_args"] = json.dumps(env_args)
             for key, names in masks.items():
-                f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S"))
+                f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S") if names else np.zeros(0, "S1"))
             for key, value in (attrs or {}).items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        if sidecar is not None:
+            atomic_write_json(sidecar_path(path), sidecar)
 
 
 def is_robomimic_hdf5(path: str | Path) -> bool:
@@ -108,6 +113,8 @@ def read_robomimic_hdf5(path: str | Path, obs_keys: tuple[str, ...], filter_key:
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"dataset {path} is a directory, not an hdf5 file")
     if not path.is_file():
         raise BenchError(f"dataset file {path} does not exist")
     try:
@@ -138,17 +145,34 @@ def read_robomimic_hdf5(path: str | Path, obs_keys: tuple[str, ...], filter_key:
                     what = f"observation keys {', '.join(missing)}" if missing else "actions"
                     raise BenchError(f"{path}: data/{name} lacks {what}; needs obs keys {', '.join(obs_keys)} "
                                      f"(has {', '.join(have) or 'none'})")
-                parts = [np.asarray(g["obs"][k][()], np.float32).reshape(len(g["actions"]), -1) for k in obs_keys]
-                obs.append(np.concatenate(parts, 1))
-                actions.append(np.asarray(g["actions"][()], np.float32))
-                rewards.append(np.asarray(g["rewards"][()], np.float32).reshape(-1) if "rewards" in g
-                               else np.zeros(len(actions[-1]), np.float32))
+                o, a, r = demo_arrays({k: g["obs"][k][()] for k in obs_keys}, g["actions"][()],
+                                      g["rewards"][()] if "rewards" in g else None, obs_keys, f"{path}: data/{name}")
+                obs.append(o)
+                actions.append(a)
+                rewards.append(r)
     except OSError as e:
         raise BenchError(f"cannot read dataset {path}: corrupt or not hdf5 ({str(e).splitlines()[0]})") from None
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise BenchError(f"{path} is not a valid robomimic dataset: corrupt or incomplete "
                          f"({str(e).splitlines()[0]})") from None
     return obs, actions, rewards, env_args, names
+
+
+def demo_arrays(obs: dict, actions, rewards, obs_keys, where) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One demo's (observations with `obs_keys` concatenated, actions, rewards) as float32, as the loader
+    reads them (`obs[k]` holds the T observations before each action); text values are a BenchError."""
+    actions = as_numbers(actions, "actions", where)
+    parts = [as_numbers(obs[k], f"obs/{k}", where).reshape(len(actions), -1) for k in obs_keys]
+    rewards = (as_numbers(rewards, "rewards", where).reshape(-1) if rewards is not None
+               else np.zeros(len(actions), np.float32))
+    return np.concatenate(parts, 1), actions, rewards
+
+
+def demos_checksum(demos: list[Demo], obs_keys) -> str:
+    """The checksum of the dataset the loader reads from a file of these demos (all of them)."""
+    arrays = [demo_arrays({k: d.obs[k][:-1] for k in obs_keys}, d.actions, d.rewards, obs_keys, "demos")
+              for d in demos]
+    return to_transition_dataset(*zip(*arrays), source="demos").checksum
 
 
 def _parse_env_args(raw, path) -> dict:
@@ -206,9 +230,34 @@ def load_robomimic_hdf5(path: str | Path, task_name: str, filter_key: str | None
     return ds
 
 
+# Keys robosuite's part-controller factory reads unconditionally (or, ramp_ratio, with linear
+# interpolation), at the values of robosuite's shipped default configs (controllers/config/default/parts):
+# robosuite 1.4-era configs recorded in robomimic files may lack them.
+PART_CONTROLLER_DEFAULTS = {"interpolation": None, "ramp_ratio": 0.2}
+
+
+def default_controller_keys(controller_configs) -> list[str]:
+    """Fill, in place, the keys of `PART_CONTROLLER_DEFAULTS` missing from each body part of a composite
+    controller config (`{"body_parts": {"right": {...}}}`, as `convert_env_kwargs` returns it); returns
+    the names filled in (sorted). Anything that is not such a config is left alone."""
+    parts = controller_configs.get("body_parts") if isinstance(controller_configs, dict) else None
+    filled: set[str] = set()
+    for part in (parts or {}).values():
+        if not isinstance(part, dict) or "type" not in part:
+            continue
+        if "interpolation" not in part:
+            part["interpolation"] = PART_CONTROLLER_DEFAULTS["interpolation"]
+            filled.add("interpolation")
+        if part.get("interpolation") == "linear" and "ramp_ratio" not in part:
+            part["ramp_ratio"] = PART_CONTROLLER_DEFAULTS["ramp_ratio"]
+            filled.add("ramp_ratio")
+    return sorted(filled)
+
+
 def env_kwargs_from_file(path: str | Path, task_name: str, log=None) -> dict:
     """robosuite kwargs that rebuild the env a robomimic file was recorded in (robosuite 1.4 controller
-    configs converted to 1.5; kwargs robosuite 1.5 does not accept are dropped, and named in the log)."""
+    configs converted to 1.5, with `interpolation` / `ramp_ratio` defaulted where a config lacks them;
+    kwargs robosuite 1.5 does not accept are dropped; both named in the log)."""
     import h5py
 
     from envs.robosuite_env import convert_env_kwargs, import_robosuite
@@ -222,6 +271,10 @@ def env_kwargs_from_file(path: str | Path, task_name: str, log=None) -> dict:
                          f"env; missing, corrupt or not a robomimic file") from None
     check_env_args(env_args, task_name, path)
     kwargs = convert_env_kwargs(env_args.get("env_kwargs") or {})
+    defaulted = default_controller_keys(kwargs.get("controller_configs"))
+    if defaulted and log:
+        log(f"{path}: the controller config lacks {', '.join(defaulted)}; using robosuite's defaults "
+            f"({', '.join(f'{k}={PART_CONTROLLER_DEFAULTS[k]}' for k in defaulted)})")
     env_class = import_robosuite().environments.base.REGISTERED_ENVS[get_task(task_name).env_id]
     accepted = {p for cls in env_class.__mro__ if "__init__" in vars(cls)
                 for p in inspect.signature(cls.__init__).parameters}
@@ -347,7 +400,9 @@ def make_expert_demos(task_name: str, n_demos: int, quality: str, seed: int, n_w
 
 
 def robomimic_masks(demos: list[Demo], seed: int) -> dict[str, list[str]]:
-    """train/valid (10% valid, seeded), and the mh operator tiers, as robomimic's files have."""
+    """train/valid (10% valid, seeded), and the mh operator tiers, as robomimic's files have. `train` and
+    `valid` are always written, as robomimic's `split_train_val_from_hdf5` does: with few demos (fewer
+    than 5) `valid` is an empty mask, and `filter_key=valid` is then a one-line error."""
     names = [f"demo_{i}" for i in range(len(demos))]
     n_valid = round(VALID_FRACTION * len(names))
     valid = set(np.random.default_rng(seed).permutation(len(names))[:n_valid].tolist())
@@ -357,7 +412,7 @@ def robomimic_masks(demos: list[Demo], seed: int) -> dict[str, list[str]]:
         tier_names = [n for n, d in zip(names, demos) if d.label == tier]
         if tier_names:
             masks[tier] = tier_names
-    return {k: v for k, v in masks.items() if v}
+    return {k: v for k, v in masks.items() if v or k in ("train", "valid")}
 
 
 @dataclass(frozen=True)
@@ -368,6 +423,7 @@ class DemoSuite:
     rollout: Callable  # module-level (task_name, seed, index, quality) -> (Demo, success)
     env_args: Callable  # task_name -> the file's env_args
     load: Callable  # (path, task_name, filter_key=None) -> TransitionDataset
+    obs_keys: Callable | None = None  # task_name -> the observation keys `load` concatenates, in order
 
 
 def make_builtin_demos(suite: DemoSuite, task_name: str, n_demos: int, quality: str, seed: int, log=print,
@@ -382,10 +438,18 @@ def make_builtin_demos(suite: DemoSuite, task_name: str, n_demos: int, quality: 
     attrs = {"task": task_name, "quality": quality, "seed": seed, "n_demos": n_demos, "attempts": attempts,
              "expert_success_rate": n_demos / attempts, "expert_tag": tag, "data_version": DATA_VERSION,
              "mean_length": float(lengths.mean())}
-    write_robomimic_hdf5(path, demos, suite.env_args(task_name), robomimic_masks(demos, seed), attrs)
-    ds = suite.load(path, task_name)
-    atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum, n_transitions=len(ds.actions),
-                                                      env_steps=env_steps, wall_s=wall))
+    # the sidecar's checksum from the demos in memory, so the sidecar is written before the data file
+    # (the data is verified against it when loaded below and on every later use)
+    meta = dict(attrs, n_transitions=int(lengths.sum()), env_steps=env_steps, wall_s=wall)
+    masks = robomimic_masks(demos, seed)
+    if suite.obs_keys is not None:
+        sidecar = dict(meta, checksum=demos_checksum(demos, suite.obs_keys(task_name)))
+        write_robomimic_hdf5(path, demos, suite.env_args(task_name), masks, attrs, sidecar)
+        verify_builtin(suite.load(path, task_name), path, task_name)
+    else:  # a suite that does not name its keys: checksum the written file (a kill before the sidecar
+        # leaves an incomplete dataset, made again on next use)
+        write_robomimic_hdf5(path, demos, suite.env_args(task_name), masks, attrs)
+        atomic_write_json(sidecar_path(path), dict(meta, checksum=suite.load(path, task_name).checksum))
     log(f"wrote {path}: {n_demos} successful demos of {attempts} attempts (expert success rate "
         f"{n_demos / attempts:.0%}), {lengths.sum()} transitions, mean length {lengths.mean():.0f}, "
         f"in {wall:.0f} s ({n_demos / wall:.2f} demos/s; {env_steps} env steps, {env_steps / wall:.0f}/s)")
@@ -399,18 +463,22 @@ def builtin_demo_dataset(suite: DemoSuite, task_name: str, data, make_missing: b
     if data.n_demos < 1:
         raise BenchError(f"data.n_demos must be positive, got {data.n_demos}")
     path = suite.path(task_name, data.n_demos, data.demo_quality, data.seed)
-    if force or not path.exists():
-        if not make_missing:
-            raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
+    if builtin_needs_making(path, task_name, make_missing, force, log):
         make_builtin_demos(suite, task_name, data.n_demos, data.demo_quality, data.seed, log)
-    ds = suite.load(path, task_name)
-    meta = path.with_suffix(".json")
-    expected = json.loads(meta.read_text()).get("checksum") if meta.exists() else None
-    if expected and expected != ds.checksum:
-        raise BenchError(f"dataset {path} is corrupt (checksum mismatch); remake it with "
-                         f"`bench data make {task_name} --force`")
+    try:
+        ds = verify_builtin(suite.load(path, task_name), path, task_name)
+    except BenchError as e:
+        msg = str(e)
+        raise BenchError(msg if "--force" in msg else f"{msg}; {remake_hint(task_name)}") from None
     return suite.load(path, task_name, data.filter_key) if data.filter_key else ds
 
 
-ROBOMIMIC = DemoSuite(builtin_path, rollout_demo, _env_args, load_robomimic_hdf5)
+def _obs_keys(task_name: str) -> tuple[str, ...]:
+    from envs.robosuite_env import obs_keys
+    from envs.tasks import get_task
+
+    return tuple(obs_keys(get_task(task_name).env_id))
+
+
+ROBOMIMIC = DemoSuite(builtin_path, rollout_demo, _env_args, load_robomimic_hdf5, _obs_keys)
 

@@ -116,11 +116,11 @@ def make_demonstrations(n_transitions: int, seed: int):
     return flat[0].astype(np.float32), flat[1].astype(np.float32), flat[2][:, 0].astype(np.float32), timeouts
 
 
-def builtin_point_reach_dataset(task_name: str, data, make_missing: bool, log):
+def builtin_point_reach_dataset(task_name: str, data, make_missing: bool, log, force: bool = False):
     if data.n_transitions < EPISODE_STEPS:
         raise BenchError(f"data.n_transitions must be at least {EPISODE_STEPS} for {task_name}")
     return _cached_demonstrations(task_name, data, make_missing, log, make_demonstrations,
-                                  [DATA_VERSION, STEP_SIZE, EPISODE_STEPS])
+                                  [DATA_VERSION, STEP_SIZE, EPISODE_STEPS], force)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -188,34 +188,34 @@ def make_bandit_demonstrations(n: int, seed: int):
 # Built-in datasets of the test tasks (D4RL layout, cached and checksummed like the Gym ones)
 
 
-def _cached_demonstrations(task_name: str, data, make_missing: bool, log, make, version_tag: list):
-    from core.atomic import atomic_write_json
+def _cached_demonstrations(task_name: str, data, make_missing: bool, log, make, version_tag: list,
+                           force: bool = False):
+    """Made on first use (or with `force`), with its checksum sidecar written before the data file (see
+    `envs.transitions`), and verified against it; one without a valid sidecar is made again."""
     from core.paths import cache_root
     from envs.datasets import TransitionDataset, load_checked_d4rl_hdf5, write_d4rl_hdf5
+    from envs.transitions import builtin_needs_making
 
     tag = hashlib.sha256(json.dumps(version_tag).encode()).hexdigest()[:8]
     path = cache_root() / "data" / task_name / f"demos-{data.n_transitions}-seed{data.seed}-{tag}.hdf5"
-    if not path.exists():
-        if not make_missing:
-            raise BenchError(f"dataset {path} is missing; make it with `bench data make {task_name}`")
+    if builtin_needs_making(path, task_name, make_missing, force, log):
         obs, act, rew, timeouts = make(data.n_transitions, data.seed)
         ds = TransitionDataset(obs, act, rew, np.zeros(len(obs), bool), timeouts, source=str(path))
         returns = ds.episode_returns()
         attrs = {"task": task_name, "seed": data.seed, "n_episodes": int(len(returns)),
                  "mean_return": float(returns.mean())}
-        write_d4rl_hdf5(path, ds, attrs=attrs)
-        atomic_write_json(path.with_suffix(".json"), dict(attrs, checksum=ds.checksum))
+        write_d4rl_hdf5(path, ds, attrs=attrs, sidecar=dict(attrs, checksum=ds.checksum))
         log(f"wrote {path}: {len(obs)} transitions, {len(returns)} episodes, mean return {returns.mean():.3f}")
     return load_checked_d4rl_hdf5(path, task_name)
 
 
-def builtin_bandit_dataset(task_name: str, data, make_missing: bool, log):
+def builtin_bandit_dataset(task_name: str, data, make_missing: bool, log, force: bool = False):
     def make(n, seed):
         obs, act, rew = make_bandit_demonstrations(n, seed)
         return obs, act, rew, np.ones(n, bool)  # every step is a whole episode (stored as timeouts)
 
     return _cached_demonstrations(task_name, data, make_missing, log, make,
-                                  [DATA_VERSION, BANDIT_WIDTH, BANDIT_DEMO_NOISE])
+                                  [DATA_VERSION, BANDIT_WIDTH, BANDIT_DEMO_NOISE], force)
 
 
 register_task(TaskSpec(

@@ -129,8 +129,13 @@ def test_smoke_run_on_hopper(cli, tmp_path):
 
 @pytest.mark.slow
 def test_gmm_ppo_learns_point_reach(cli, tmp_path):
-    code, _, err = cli("run", "--algo", "gmm_ppo", "--task", "point_reach", "--out", tmp_path, "--quiet",
-                       "--set", "torch_threads=1")
-    assert code == 0, err
-    summary = json.loads((tmp_path / "runs" / "point_reach" / "gmm_ppo" / "seed0" / "summary.json").read_text())
-    assert summary["final_score"] > summary["pretrained_score"] + 15, summary
+    # over 3 seeds: one seed's gain is noisy (measured +11, +21, +25 at seeds 0-2 with the original's
+    # count - 1 reward variance; +36, +22, +19 with count)
+    gains = []
+    for seed in (0, 1, 2):
+        code, _, err = cli("run", "--algo", "gmm_ppo", "--task", "point_reach", "--out", tmp_path, "--quiet",
+                           "--seed", seed, "--set", "torch_threads=1")
+        assert code == 0, err
+        summary = json.loads((tmp_path / "runs" / "point_reach" / "gmm_ppo" / f"seed{seed}" / "summary.json").read_text())
+        gains.append(summary["final_score"] - summary["pretrained_score"])
+    assert min(gains) > 0 and sum(gains) / 3 > 15, gains

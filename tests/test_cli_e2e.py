@@ -109,6 +109,8 @@ def test_killed_run_resumes_to_the_same_result(smoke_run, tmp_path):
     assert not (d / "summary.json").exists()
     rows_at_kill = len(pd.read_csv(d / "metrics.csv"))
     assert 0 < rows_at_kill < 12
+    # what a kill during an atomic write leaves (whether or not this kill hit one): removed by the resume
+    (d / "checkpoints" / ".last.pt.k1lled00.tmp").write_bytes(b"partial")
     # without --resume the incomplete run is refused, not overwritten
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
@@ -116,6 +118,7 @@ def test_killed_run_resumes_to_the_same_result(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr
     resumed = pd.read_csv(d / "metrics.csv").drop(columns=TIMING, errors="ignore")
     assert list(resumed["iteration"]) == list(range(1, 13))
+    assert not list(d.rglob(".*.tmp")), "temp files of the killed run survived the resume"
     fresh_out = tmp_path / "fresh"
     args_fresh = [a if a != str(tmp_path) else str(fresh_out) for a in args]
     r = subprocess.run(args_fresh, capture_output=True, text=True)

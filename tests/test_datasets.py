@@ -270,9 +270,30 @@ def test_minari_buffers_cover_terminations_truncations_and_cut_episodes():
     assert ds.timeouts[-1] and not ds.terminals[-1]
 
 
-def test_missing_minari_dataset_without_download_is_bench_error():
-    with pytest.raises(BenchError, match="cannot load Minari dataset 'test/hopper/nope-v0'"):
+def test_missing_minari_dataset_without_download_is_bench_error(tmp_path):
+    with pytest.raises(BenchError, match="cannot load Minari dataset 'test/hopper/nope-v0'") as e:
         D.load_minari("test/hopper/nope-v0", download=False)
+    msg = str(e.value)
+    assert "is not local" in msg and f"MINARI_DATASETS_PATH ({tmp_path / 'minari'})" in msg
+    assert "huggingface" not in msg and "\n" not in msg
+
+
+def test_missing_minari_dataset_whose_download_fails_says_it_is_not_local(tmp_path, monkeypatch):
+    """With download allowed (the default) but no way to download (here: huggingface_hub missing, as
+    minari reports it), the message still says the dataset is not local and names MINARI_DATASETS_PATH."""
+    import minari
+
+    def no_hub(dataset_id, *a, **kw):
+        raise ImportError('huggingface_hub is not installed. Please install it using `pip install "minari[hf]"`')
+
+    monkeypatch.setattr(minari, "download_dataset", no_hub)
+    for load in (lambda: D.load_minari("test/hopper/nope-v0"),
+                 lambda: D.load_dataset("hopper", "minari:test/hopper/nope-v0", 0, 0)):
+        with pytest.raises(BenchError) as e:
+            load()
+        msg = str(e.value)
+        assert msg.startswith("cannot load Minari dataset 'test/hopper/nope-v0': it is not local")
+        assert "MINARI_DATASETS_PATH" in msg and "downloading it failed (huggingface_hub" in msg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,10 +327,75 @@ def test_truncated_hdf5(tmp_path):
 
 @pytest.mark.parametrize("missing", ["observations", "actions", "rewards", "terminals", "timeouts"])
 def test_hdf5_missing_required_key(tmp_path, missing):
-    path = write_d4rl_like(tmp_path / "partial.hdf5", _arrays(), skip=(missing,))
+    # without timeouts a file needs next_observations to derive them from (see the next tests)
+    skip = (missing, "next_observations") if missing == "timeouts" else (missing,)
+    path = write_d4rl_like(tmp_path / "partial.hdf5", _arrays(), skip=skip)
     with pytest.raises(BenchError, match=f"missing {missing}") as e:
         D.load_d4rl_hdf5(path)
-    assert "not a D4RL-format dataset" in str(e.value)
+    assert "not a D4RL-format dataset" in str(e.value) and "\n" not in str(e.value)
+
+
+def _old_d4rl_arrays():
+    """The fixture's episodes as an older D4RL version stores them: no timeouts; next_observations jump
+    where an episode ends (a reset), and equal the following observation everywhere else."""
+    arrays = _arrays()
+    nxt = np.concatenate([arrays["observations"][1:], np.zeros((1, OBS), np.float32)])
+    rng = np.random.default_rng(7)
+    for end in (3, 8):  # the termination and the time-limit end
+        nxt[end] = rng.standard_normal(OBS).astype(np.float32)
+    arrays["next_observations"] = nxt
+    return arrays
+
+
+def test_d4rl_file_without_timeouts_derives_them_exactly_with_a_note(tmp_path, caplog):
+    arrays = _old_d4rl_arrays()
+    path = write_d4rl_like(tmp_path / "old.hdf5", arrays, skip=("timeouts",))
+    with caplog.at_level("WARNING", logger="envs.datasets"):
+        ds = D.load_d4rl_hdf5(path)
+    np.testing.assert_array_equal(ds.timeouts, TIMEOUTS | (np.arange(N) == N - 1))  # step 8; data end closes 11
+    np.testing.assert_array_equal(ds.terminals, TERMINALS)  # a terminal step is not also a timeout
+    starts, ends = ds.episode_bounds()
+    np.testing.assert_array_equal(starts, EXPECTED_STARTS)
+    np.testing.assert_array_equal(ends, EXPECTED_ENDS)
+    # same episodes, same checksum as the file with timeouts
+    assert ds.checksum == D.load_d4rl_hdf5(write_d4rl_like(tmp_path / "new.hdf5", arrays)).checksum
+    assert any("has no timeouts" in r.message and "derived 1 time-limit" in r.message for r in caplog.records)
+    logs = []  # through load_dataset the note goes to the run's log
+    D.load_dataset("hopper", str(path), 0, 0, log=logs.append)
+    assert len(logs) == 1 and "older D4RL version" in logs[0]
+
+
+def test_d4rl_file_without_timeouts_and_mismatched_next_observations(tmp_path):
+    arrays = _old_d4rl_arrays()
+    arrays["next_observations"] = arrays["next_observations"][:, :5]
+    path = write_d4rl_like(tmp_path / "old.hdf5", arrays, skip=("timeouts",))
+    with pytest.raises(BenchError, match="episode ends cannot be derived"):
+        D.load_d4rl_hdf5(path)
+
+
+def test_string_observations_are_one_line_errors(tmp_path):
+    arrays = _arrays()
+    arrays["observations"] = np.array([[b"x"] * OBS] * N)
+    path = write_d4rl_like(tmp_path / "text.hdf5", arrays)
+    for load in (lambda: D.load_d4rl_hdf5(path), lambda: D.load_dataset("hopper", str(path), 0, 0)):
+        with pytest.raises(BenchError, match=r"observations holds \|S1 values \(text") as e:
+            load()
+        assert "\n" not in str(e.value)
+    with pytest.raises(BenchError, match="not numbers"):  # in memory too
+        D.TransitionDataset(np.array([["a"]] * 3), np.zeros((3, 1)), np.zeros(3), np.zeros(3, bool),
+                            np.zeros(3, bool), source="mem")
+
+
+def test_directory_as_source_is_named_a_directory(tmp_path):
+    for d in (tmp_path / "data.hdf5", tmp_path / "somedir"):
+        d.mkdir()
+        with pytest.raises(BenchError, match="is a directory") as e:
+            D.load_dataset("hopper", str(d), 0, 0)
+        assert "does not exist" not in str(e.value)
+    with pytest.raises(BenchError, match="is a directory, not an hdf5 file"):
+        D.load_d4rl_hdf5(tmp_path / "data.hdf5")
+    assert "MINARI_DATASETS_PATH" in str(pytest.raises(BenchError, D.load_dataset, "hopper",
+                                                       str(tmp_path / "somedir"), 0, 0).value)
 
 
 def test_dims_not_matching_task(tmp_path):
@@ -355,9 +441,8 @@ def _write_builtin(checksum=None, n=N, seed=0):
     ds = D.TransitionDataset(arrays["observations"], arrays["actions"], arrays["rewards"],
                              arrays["terminals"], arrays["timeouts"])
     path = D.builtin_dataset_path("hopper", n, seed)
-    D.write_d4rl_hdf5(path, ds, arrays["next_observations"], {"task": "hopper"})
     meta = {"task": "hopper", "checksum": checksum or ds.checksum, "n_transitions": n}
-    path.with_suffix(".json").write_text(json.dumps(meta))
+    D.write_d4rl_hdf5(path, ds, arrays["next_observations"], {"task": "hopper"}, sidecar=meta)
     return path, ds
 
 
@@ -418,3 +503,95 @@ def test_no_writes_outside_tmp(tmp_path):
     D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert os.environ["DPPO_BENCH_CACHE"].startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dataset + sidecar pair (envs.transitions): a kill between them never leaves an unverified dataset
+
+
+def test_sidecar_is_committed_before_the_dataset(tmp_path, monkeypatch):
+    """Simulate a kill right after the sidecar is written: the data file is not there yet, so the pair is
+    a missing dataset (made again), never a dataset without a sidecar."""
+    import envs.datasets as mod
+
+    real = mod.atomic_write_json
+
+    def write_then_die(path, obj):
+        real(path, obj)
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(mod, "atomic_write_json", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _write_builtin()
+    path = D.builtin_dataset_path("hopper", N, 0)
+    assert path.with_suffix(".json").is_file() and not path.exists()
+    assert not [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
+    with pytest.raises(BenchError, match="is missing; make it with `bench data make hopper`"):
+        D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+
+
+@pytest.mark.parametrize("sidecar", ["deleted", "empty", "not json", "no checksum"])
+def test_dataset_without_a_valid_sidecar_is_incomplete_not_used(tmp_path, sidecar):
+    """The kill-between case of the old write order (dataset first): the dataset is never used unverified."""
+    path, _ = _write_builtin()
+    meta = path.with_suffix(".json")
+    if sidecar == "deleted":
+        meta.unlink()
+    else:
+        meta.write_text({"empty": "", "not json": "{oops", "no checksum": '{"task": "hopper"}'}[sidecar])
+    with pytest.raises(BenchError, match=r"is incomplete: its checksum sidecar .*\.json is missing or unreadable"
+                                         r".*bench data make hopper --force") as e:
+        D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(BenchError, match="is incomplete"):
+        D.load_checked_d4rl_hdf5(path, "hopper")
+
+
+def test_incomplete_dataset_is_made_again_where_making_is_allowed(tmp_path, monkeypatch):
+    path, ds = _write_builtin()
+    path.with_suffix(".json").unlink()
+    made = []
+
+    def fake_make(task_name, n, seed, log=print, **kw):
+        assert D.builtin_state(path) == "incomplete"
+        made.append(task_name)
+        _write_builtin()  # a complete pair again
+        return path
+
+    monkeypatch.setattr(D, "make_builtin_dataset", fake_make)
+    got = D.load_dataset("hopper", "builtin", N, 0, make_missing=True, log=lambda m: None)
+    assert made == ["hopper"] and got.checksum == ds.checksum
+
+
+def test_make_builtin_dataset_remakes_an_incomplete_one(tmp_path):
+    """The real maker (a tiny rollout): a complete pair is reused; without its sidecar it is made again."""
+    logs = []
+    path = D.make_builtin_dataset("hopper", 40, seed=0, n_envs=2, log=logs.append)
+    assert D.builtin_state(path) == "complete"
+    first = D.load_dataset("hopper", "builtin", 40, 0, make_missing=False)
+    stamp = path.stat().st_mtime_ns
+    assert D.make_builtin_dataset("hopper", 40, seed=0, n_envs=2, log=logs.append) == path
+    assert path.stat().st_mtime_ns == stamp  # reused
+    path.with_suffix(".json").unlink()
+    D.make_builtin_dataset("hopper", 40, seed=0, n_envs=2, log=logs.append)
+    assert any("is incomplete" in m and "making it again" in m for m in logs)
+    assert D.load_dataset("hopper", "builtin", 40, 0, make_missing=False).checksum == first.checksum
+
+
+def test_corrupt_cached_dataset_says_how_to_remake_it(tmp_path):
+    path, _ = _write_builtin()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BenchError, match=r"corrupt or not hdf5.*remake it with `bench data make hopper --force`"):
+        D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+
+
+def test_stale_temp_files_in_the_dataset_cache_are_removed_on_next_use(tmp_path):
+    path, _ = _write_builtin()
+    stale = path.parent / f".{path.name}.k1ll3d_x.tmp"
+    fresh = path.parent / f".{path.name}.wr1t1ng_.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (1, 1))
+    D.load_dataset("hopper", "builtin", N, 0, make_missing=False)
+    assert not stale.exists() and fresh.exists()  # a young one may belong to a live writer

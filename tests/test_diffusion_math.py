@@ -311,3 +311,24 @@ def test_eval_std_ddpm_and_ddim():
     ddim = DenoisingChain(ChainPlan(K, 5, 1.0))
     for i in range(5):
         assert eval_std(ddim, i).item() == 0.0
+
+
+def test_initial_noise_is_unclipped_unless_asked():
+    """The original draws x_K ~ N(0, I) unclipped and clips only the per-step draws; `initial_clip` (the
+    algorithms' `clip_initial_noise`) clips x_K too."""
+    from algorithms.diffusion import sample_chain
+    from algorithms.networks import DenoisingMLP
+
+    net = DenoisingMLP(2, 1, 2, (8,), 4, "ReLU", False)
+    chain = DenoisingChain(ChainPlan(2))
+    obs = torch.zeros(20_000, 2)
+
+    def first_x(**kw):
+        seen = {}
+        sample_chain(net, chain, obs, randn_clip=3.0, generator=torch.Generator().manual_seed(0),
+                     on_step=lambda i, x, mean, x_next: seen.setdefault(i, x), **kw)
+        return seen[0]
+
+    free, clipped = first_x(), first_x(initial_clip=3.0)
+    assert free.abs().max() > 3.0 and clipped.abs().max() <= 3.0
+    assert torch.equal(free.clamp(-3, 3), clipped)  # the same draws, clipped

@@ -264,3 +264,74 @@ def test_per_task_table_means_over_the_same_seeds(tmp_path):
     md = lb.write_leaderboard(lb.leaderboard(sm, reps=REPS), tmp_path / "out", tasks=t.reset_index())[1].read_text()
     assert "## Per task" in md and "| hopper | dppo | 0,1 | 0.250 ± 0.000 | 0.700 ± 0.100 |" in md
     assert (tmp_path / "out" / "leaderboard_tasks.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scores are read exactly or the run is skipped (never a fallback to raw returns)
+
+
+def _edit_eval(run_dir: Path, col: str, row: int, value) -> None:
+    df = pd.read_csv(run_dir / "eval.csv")
+    df[col] = df[col].astype(object)
+    df.loc[row, col] = value
+    df.to_csv(run_dir / "eval.csv", index=False)
+
+
+@pytest.mark.parametrize("value", ["n/a", "", "inf", "0.9x"])
+def test_gym_run_with_a_bad_score_cell_is_skipped_not_scored_by_returns(store, value):
+    bad = store / "runs" / "hopper" / "dppo" / "seed1"
+    _edit_eval(bad, "score_mean", 1, value)  # a middle row: the final score itself is intact
+    records, warnings = scan_runs(store)
+    assert ("dppo", "hopper", 1) not in {(r.algo, r.task, r.seed) for r in records}
+    assert len(records) == 11
+    (w,) = [w for w in warnings if "seed1" in w]
+    assert w.startswith("skipped corrupt run runs/hopper/dppo/seed1") and "score_mean" in w and "row 2" in w
+    # no run anywhere is scored on the return scale (3000 * score)
+    assert all(abs(r.final_score()) <= 1.0 for r in records)
+
+
+def test_gym_run_without_score_mean_is_skipped(store):
+    bad = store / "runs" / "hopper" / "ppo" / "seed0"
+    pd.read_csv(bad / "eval.csv").drop(columns="score_mean").to_csv(bad / "eval.csv", index=False)
+    records, warnings = scan_runs(store)
+    assert len(records) == 11 and any("seed0" in w and "lacks column(s) score_mean" in w for w in warnings)
+
+
+@pytest.mark.parametrize("col, value", [("success_rate", "abc"), ("iteration", "x"), ("iteration", 2.5),
+                                        ("env_steps", "")])
+def test_other_unreadable_cells_skip_the_run(store, col, value):
+    bad = store / "runs" / "lift" / "ppo" / "seed2"
+    _edit_eval(bad, col, 0, value)
+    records, warnings = scan_runs(store)
+    assert len(records) == 11 and any("lift/ppo/seed2" in w and col in w for w in warnings), warnings
+
+
+def _non_gym_return_run(root: Path, scores, returns) -> Path:
+    d = root / "runs" / "point_reach" / "dppo" / "seed0"
+    d.mkdir(parents=True)
+    pd.DataFrame({"iteration": [0, 5], "env_steps": [0, 500], "return_mean": returns,
+                  "score_mean": scores, "success_rate": [0.0, 0.0]}).to_csv(d / "eval.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({"task": "point_reach", "algorithm": "dppo", "seed": 0,
+                                                "suite": "toy", "metric": "return"}))
+    return d
+
+
+def test_non_gym_return_task_uses_raw_returns_only_without_any_scores(tmp_path):
+    _non_gym_return_run(tmp_path, [np.nan, np.nan], [-20.0, -7.5])  # no reference scores: all empty
+    (r,), warnings = scan_runs(tmp_path)
+    assert warnings == [] and r.final_score() == pytest.approx(-7.5)
+    scored = tmp_path / "scored"
+    _non_gym_return_run(scored, [10.0, 80.0], [-20.0, -7.5])
+    assert scan_runs(scored)[0][0].final_score() == pytest.approx(0.8)
+    partial = tmp_path / "partial"
+    _non_gym_return_run(partial, [10.0, np.nan], [-20.0, -7.5])  # scored in some rows only: not guessed
+    records, warnings = scan_runs(partial)
+    assert records == [] and any("missing or non-finite score_mean" in w for w in warnings)
+
+
+def test_unknown_metric_is_skipped(store):
+    d = store / "runs" / "hopper" / "dppo" / "seed0"
+    summary = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps(dict(summary, metric="reward")))
+    records, warnings = scan_runs(store)
+    assert len(records) == 11 and any("metric 'reward'; valid: return, success_rate" in w for w in warnings)

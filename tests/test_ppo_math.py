@@ -444,15 +444,16 @@ def test_gae_lambda_one_is_monte_carlo_return_minus_value():
 # 8. Running reward scaling
 
 
-def hand_rms_update(mean, var, count, batch):
-    """Pooled mean/variance of (count samples with mean, var) and the batch (population variances)."""
+def hand_rms_update(mean, var, count, batch, unbiased=True):
+    """Pooled mean/variance of (count samples with mean, var) and the batch: the pooled sum of squares
+    divided by count - 1 (the original's RunningMeanStd) or, with unbiased=False, by count."""
     n = len(batch)
     bm = sum(batch) / n
     bv = sum((x - bm) ** 2 for x in batch) / n
     total = count + n
     new_mean = (count * mean + n * bm) / total
-    new_var = (count * (var + (mean - new_mean) ** 2) + n * (bv + (bm - new_mean) ** 2)) / total
-    return new_mean, new_var, total
+    m2 = count * (var + (mean - new_mean) ** 2) + n * (bv + (bm - new_mean) ** 2)
+    return new_mean, m2 / (total - 1 if unbiased else total), total
 
 
 def hand_scale(rewards, dones, ret, rms, gamma, clip, eps=1e-8):
@@ -533,11 +534,22 @@ def test_running_mean_std_pooled_update():
     state = hand_rms_update(0.0, 1.0, 1e-4, a.tolist())
     state = hand_rms_update(*state, b.ravel().tolist())
     assert (rms.mean, rms.var, rms.count) == pytest.approx(state, rel=1e-12)
-    # with a negligible prior the pooled statistics are those of all data
+    # one update from the negligible prior: the sample variance of the data (n - 1), as the original;
+    # unbiased=False gives the population variance (n), and pools exactly over several updates
     alldata = [1.0, 2.0, 4.0, 0.5, -1.0, 3.0, 7.0]
     mu = sum(alldata) / 7
-    assert rms.mean == pytest.approx(mu, rel=1e-4)
-    assert rms.var == pytest.approx(sum((x - mu) ** 2 for x in alldata) / 7, rel=1e-4)
+    ss = sum((x - mu) ** 2 for x in alldata)
+    once = RunningMeanStd()
+    once.update(np.array(alldata))
+    assert rms.mean == pytest.approx(mu, rel=1e-4) and once.mean == pytest.approx(mu, rel=1e-4)
+    assert once.var == pytest.approx(ss / 6, rel=1e-4)
+    pop = RunningMeanStd(unbiased=False)
+    pop.update(a)
+    pop.update(b)
+    state = hand_rms_update(0.0, 1.0, 1e-4, a.tolist(), unbiased=False)
+    assert (pop.mean, pop.var, pop.count) == pytest.approx(hand_rms_update(*state, b.ravel().tolist(), unbiased=False),
+                                                           rel=1e-12)
+    assert pop.var == pytest.approx(ss / 7, rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------

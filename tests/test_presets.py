@@ -17,7 +17,7 @@ def test_paper_preset_matches_the_original_gym_hyperparameters(task):
     assert (a.clip, a.clip_base, a.clip_rate) == (0.01, 0.01, 3.0)
     assert (a.min_sampling_std, a.min_logprob_std, a.randn_clip) == (0.1, 0.1, 3.0)
     assert (a.logprob_min, a.logprob_max, a.logprob_reduction) == (-5.0, 2.0, "mean")
-    assert a.reward_scale_running and a.vf_coef == 0.5 and a.target_kl is None and a.bc_coef == 0.0
+    assert a.reward_scale_running and a.vf_coef == 0.5 and a.target_kl == 1.0 and a.bc_coef == 0.0
     assert a.critic_hidden == (256, 256, 256) and a.critic_activation == "Mish" and a.critic_residual
     assert (c.eval.every, c.eval.n_episodes) == (10, 40)
     p = c.pretrain

@@ -118,3 +118,53 @@ def test_cli_pretrain_bad_policy_kind_is_one_line_and_writes_nothing(cli, tmp_pa
                        "--set", "pretrain.gaussian.hidden_dims=16,32,16")  # residual MLP with unequal widths
     assert code == 2 and "pretrain.gaussian" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def _eval_csv_row0(root, task, algo, seed):
+    import csv
+
+    from core.runstore import RunStore
+
+    with open(RunStore.of(root, task, algo, seed).evals, newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["iteration"] == "0"
+    return row
+
+
+def test_cli_pretrain_eval_equals_iteration_0_of_a_run(cli, tmp_path, monkeypatch):
+    """`bench pretrain --eval N` prints the number a run with eval.n_episodes=N records at iteration 0 (the
+    same eval seed: eval.seed + --seed), exactly; and the throughput of the loop."""
+    import re
+
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "cache"))  # seed 0 pre-trains, seed 1 finds it
+
+    sets = ["--set", "torch_threads=1"]
+    got = {}
+    for seed in (0, 1):
+        code, out, err = cli("pretrain", "--task", "point_reach", "--preset", "smoke", "--eval", 4, "--seed", seed,
+                             *sets)
+        assert code == 0, err
+        assert re.search(r"[\d.]+ updates/s, [\d,]+ samples/s at batch 64 on cpu", out), out
+        assert ("pre-training update 50/50" in err and "samples/s" in err) == (seed == 0), err  # progress
+        assert ("cached:" in out) == (seed == 1)  # seed 1 fine-tunes the same pre-trained policy
+        m = re.search(rf"pre-trained return: (\S+) \(std \S+, score (\S+); 4 episodes, deterministic, "
+                      rf"eval seed {100_000 + seed}\)", out)
+        assert m, out
+        got[seed] = float(m.group(1)), float(m.group(2))
+        code, _, err = cli("run", "--task", "point_reach", "--preset", "smoke", "--seed", seed, "--out", tmp_path,
+                           "--quiet", "--set", "eval.n_episodes=4", *sets)
+        assert code == 0, err
+        row = _eval_csv_row0(tmp_path, "point_reach", "dppo", seed)
+        assert row["n_episodes"] == "4"
+        assert got[seed] == (float(row["return_mean"]), float(row["score_mean"]))
+    assert got[0] != got[1]  # the eval seed follows --seed (so the comparison above can fail)
+
+
+def test_cli_pretrain_eval_bad_input_is_one_line_before_any_work(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path))
+    for args, words in [(("--eval", 0), ("--eval", ">= 1", "0")), (("--eval", -3), ("--eval", ">= 1")),
+                        (("--eval", 2, "--policy", "gmm"), ("--eval", "dppo", "diffusion", "gmm"))]:
+        code, _, err = cli("pretrain", "--task", "point_reach", "--preset", "smoke", *args)
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+        assert all(w in err for w in words), err
+    assert not any(tmp_path.iterdir())  # no dataset made, nothing pre-trained

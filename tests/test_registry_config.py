@@ -168,7 +168,7 @@ def test_build_small_typed():
     assert cfg.env.vector == "sync" and (cfg.env.max_episode_steps, cfg.env.horizon_steps, cfg.env.act_steps) == (1000, 4, 4)
     assert cfg.data.source == "builtin" and cfg.data.n_transitions == 200_000
     assert cfg.algo.batch_size == 2500 and cfg.algo.lr_warmup_itr == 2  # DPPO's own small preset
-    assert cfg.algo.target_kl is None
+    assert cfg.algo.target_kl == 1.0  # the original Gym fine-tuning configs
 
 
 def test_layers_apply_in_order():

@@ -309,3 +309,114 @@ def test_smoke_run_on_lift_with_builtin_demos_and_resume(cli, tmp_path, _cache_d
     assert code == 0, err
     s = json.loads((tmp_path / "file" / "runs" / "lift" / "dppo" / "seed0" / "summary.json").read_text())
     assert s["dataset_checksum"] == summary["dataset_checksum"] and s["pretrained_key"] == summary["pretrained_key"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages, masks, the built-in dataset + sidecar pair, controller configs without interpolation
+
+
+def test_text_observations_and_directories_are_one_line_errors(tmp_path):
+    demos = synthetic_demos([4])
+    path = write_file(tmp_path / "text.hdf5", demos)
+    with h5py.File(path, "a") as f:
+        del f["data/demo_0/obs/object"]
+        f["data/demo_0/obs/object"] = np.array([[b"abc"] * 10] * 4)
+    with pytest.raises(BenchError, match=r"data/demo_0: obs/object holds \|S3 values \(text") as e:
+        load_robomimic_hdf5(path, "lift")
+    assert "\n" not in str(e.value)
+    (tmp_path / "dir.hdf5").mkdir()
+    with pytest.raises(BenchError, match="is a directory, not an hdf5 file"):
+        read_robomimic_hdf5(tmp_path / "dir.hdf5", tuple(OBS_KEYS))
+
+
+def test_masks_always_have_train_and_valid_as_robomimic_writes_them(tmp_path):
+    """robomimic's split_train_val_from_hdf5 writes both keys; with few demos valid is empty."""
+    from envs.robomimic_data import robomimic_masks
+
+    demos = synthetic_demos([4, 5, 6])
+    masks = robomimic_masks(demos, seed=0)
+    assert masks == {"train": ["demo_0", "demo_1", "demo_2"], "valid": []}
+    assert len(robomimic_masks(synthetic_demos([3] * 20), 0)["valid"]) == 2
+    path = write_file(tmp_path / "few.hdf5", demos, masks=masks)
+    with h5py.File(path, "r") as f:
+        assert sorted(f["mask"].keys()) == ["train", "valid"] and f["mask/valid"].shape == (0,)
+    assert len(load_robomimic_hdf5(path, "lift", "train").actions) == 15
+    with pytest.raises(BenchError, match="has no demos in filter key 'valid'"):
+        load_robomimic_hdf5(path, "lift", "valid")
+
+
+def _fake_rollout(task_name, seed, index, quality):
+    (demo,) = synthetic_demos([5 + index % 3], seed=seed * 100 + index)
+    return demo, index % 4 != 3  # every fourth attempt fails
+
+
+def _fake_suite(root):
+    from envs.robomimic_data import DemoSuite
+
+    return DemoSuite(lambda t, n, q, s: root / "data" / t / f"{q}-{n}demos-seed{s}-test.hdf5", _fake_rollout,
+                     lambda t: old_env_args(), load_robomimic_hdf5, lambda t: tuple(OBS_KEYS))
+
+
+def test_builtin_demos_sidecar_is_written_first_and_checked(tmp_path, monkeypatch):
+    import envs.robomimic_data as R
+    from envs.datasets import DataConfig
+
+    suite, data, logs = _fake_suite(tmp_path), DataConfig(n_demos=4, demo_quality="ph"), []
+    ds = R.builtin_demo_dataset(suite, "lift", data, True, logs.append)
+    path = suite.path("lift", 4, "ph", 0)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["checksum"] == ds.checksum == load_robomimic_hdf5(path, "lift").checksum
+    assert meta["n_transitions"] == len(ds.actions)
+    # no sidecar (a kill between the pair in the old order, or a deleted one): incomplete, never used
+    path.with_suffix(".json").unlink()
+    with pytest.raises(BenchError, match=r"is incomplete.*bench data make lift --force"):
+        R.builtin_demo_dataset(suite, "lift", data, False, logs.append)
+    assert R.builtin_demo_dataset(suite, "lift", data, True, logs.append).checksum == ds.checksum
+    assert any("making it again" in m for m in logs)
+    # a kill right after the sidecar is written leaves no data file: a missing dataset, made again
+    real = R.atomic_write_json
+
+    def write_then_die(p, obj):
+        real(p, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "atomic_write_json", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        R.builtin_demo_dataset(suite, "lift", data, True, logs.append, force=True)
+    monkeypatch.setattr(R, "atomic_write_json", real)
+    assert path.exists()  # the old complete file is still in place (renamed over only after the sidecar)
+    path.unlink()
+    with pytest.raises(BenchError, match="is missing; make it with `bench data make lift`"):
+        R.builtin_demo_dataset(suite, "lift", data, False, logs.append)
+    # a corrupt cached file names --force
+    R.builtin_demo_dataset(suite, "lift", data, True, logs.append)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(BenchError, match=r"corrupt.*remake it with `bench data make lift --force`"):
+        R.builtin_demo_dataset(suite, "lift", data, False, logs.append)
+
+
+def test_controller_config_without_interpolation_gets_robosuites_default(tmp_path):
+    from bench.config import build_run_config
+    from bench.runner import RunContext, make_env
+    from envs.datasets import dataset_env_kwargs, load_dataset
+    from envs.vector import Normalizer
+
+    osc = {k: v for k, v in OLD_OSC.items() if k not in ("interpolation", "ramp_ratio")}
+    args = old_env_args()
+    args["env_kwargs"]["controller_configs"] = osc
+    path = write_file(tmp_path / "no_interp.hdf5", synthetic_demos([8, 6]), env_args=args)
+    logs = []
+    ds = load_dataset("lift", str(path), 0, 0, log=logs.append)
+    assert any("lacks interpolation" in m and "interpolation=None" in m for m in logs), logs
+    right = dataset_env_kwargs("lift", str(path))["controller_configs"]["body_parts"]["right"]
+    assert right["interpolation"] is None and right["kp"] == 100
+    cfg = build_run_config("lift", "dppo", preset="smoke", overrides={"data.source": str(path)})
+    venv = make_env(RunContext.of(cfg), Normalizer.from_data(ds.observations, ds.actions), 1)  # no KeyError
+    assert venv.env.envs[0].env.robosuite_env.robots[0].part_controllers["right"].kp[0] == 100.0
+    venv.close()
+    # linear interpolation without a ramp ratio gets robosuite's 0.2
+    from envs.robomimic_data import default_controller_keys
+
+    cfg_linear = {"body_parts": {"right": {"type": "OSC_POSE", "interpolation": "linear"}}}
+    assert default_controller_keys(cfg_linear) == ["ramp_ratio"]
+    assert cfg_linear["body_parts"]["right"]["ramp_ratio"] == 0.2
