@@ -271,15 +271,6 @@ def collect_rollout(algo: Algorithm, env: TaskVectorEnv, obs: np.ndarray, n_step
 # The run
 
 
-def _checkpoint_note(store: RunStore) -> str:
-    """What a stopped run leaves to resume from, for its error message."""
-    if not store.checkpoint.exists():
-        return "no checkpoint was written yet"
-    try:
-        it = torch.load(store.checkpoint, map_location="cpu", weights_only=False).get("iteration")
-    except Exception:
-        it = None
-    return f"last good checkpoint kept{f': iteration {it}' if it is not None else ''}"
 
 
 def _diverged(metrics: dict, iteration: int, max_loss: float | None) -> str | None:
@@ -326,8 +317,11 @@ def non_finite_state(algo: Algorithm) -> list[str]:
     return [n for n, t in tensors if not bool(torch.isfinite(t).all())]
 
 
-def _stop(store: RunStore, why: str, hint: str = "") -> BenchError:
-    return BenchError(f"{why}; the run stops ({_checkpoint_note(store)}){hint}")
+def _stop(why: str, checkpoint_iteration: int | None, hint: str = "") -> BenchError:
+    """The error of a run that stops mid-way, saying what it leaves to resume from."""
+    kept = ("no checkpoint was written yet" if checkpoint_iteration is None
+            else f"last good checkpoint kept: iteration {checkpoint_iteration}")
+    return BenchError(f"{why}; the run stops ({kept}){hint}")
 
 
 def check_out_root(out_root: Path, rdir: Path, option: str = "--out") -> None:
@@ -429,6 +423,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         atomic_write_json(store.versions, {"versions": versions(), "dataset_checksum": pre_meta["data_checksum"],
                                            "dataset_source": pre_meta["data_source"], "pretrained": pre_meta})
         start_itr, env_steps, wall_before, rows, evals = 0, 0, 0.0, [], []
+        checkpoint_itr = None  # the iteration of the last checkpoint written (for a stopped run's message)
     else:
         _load_algo_state(algo, state, store.checkpoint)
         set_rng_state(state["rng"])
@@ -437,6 +432,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
             obs = restored_obs
             tracker.load_state_dict(state["tracker"])
         start_itr, env_steps, wall_before = state["iteration"], state["env_steps"], state["wall_s"]
+        checkpoint_itr = start_itr
         rows, evals = state["metrics"], state["evals"]
         log(f"resuming {rdir} at iteration {start_itr}")
 
@@ -466,14 +462,14 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         try:
             algo_metrics = algo.update(ro, itr)
         except FloatingPointError as e:
-            raise _stop(store, str(e)) from None
+            raise _stop(str(e), checkpoint_itr) from None
         why = _diverged(algo_metrics, itr + 1, cfg.train.max_loss)
         bad = [] if why else non_finite_state(algo)  # one pass over the networks and optimiser states
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             why = f"non-finite parameters or optimiser state after iteration {itr + 1}: {', '.join(bad[:3])}{more}"
         if why:  # nothing of the diverged state is written: no metrics row, no checkpoint
-            raise _stop(store, why, "; lower the learning rates")
+            raise _stop(why, checkpoint_itr, "; lower the learning rates")
         env_steps += steps
         t2 = time.time()
         row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
@@ -487,6 +483,7 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
             save_checkpoint(store.checkpoint, cfg, algo, policy, norm, itr + 1, env_steps,
                             wall_before + time.time() - t_start, tracker, env, obs, rows, evals, pre_meta)
+            checkpoint_itr = itr + 1
         if progress:
             progress.update(itr + 1, env_steps, row, evals[-1])
 
