@@ -101,8 +101,28 @@ class DenoisingChain(nn.Module):
         return coef(self.c_x0) * x0 + coef(self.c_xt) * x + coef(self.c_eps) * eps
 
 
-def clipped_randn(shape, clip: float | None, generator: torch.Generator | None, device) -> torch.Tensor:
-    z = torch.randn(shape, generator=generator, device=device)
+class NoiseFeed:
+    """Stands in for a `torch.Generator` in `clipped_randn`: hands out the given standard-normal draws
+    (`noise[0]`, `noise[1]`, ... in the order they are asked for) instead of drawing them, so a traced
+    sampler takes its noise as an input (bench/export.py). `noise` None records the shapes asked for,
+    drawing fresh ones."""
+
+    def __init__(self, noise: torch.Tensor | None = None):
+        self.noise, self.shapes = noise, []
+
+    def draw(self, shape, device) -> torch.Tensor:
+        i = len(self.shapes)
+        self.shapes.append(tuple(shape))
+        if self.noise is None:
+            return torch.randn(shape, device=device)
+        return self.noise[i].clone()  # a copy: the caller clamps it in place
+
+
+def clipped_randn(shape, clip: float | None, generator: torch.Generator | NoiseFeed | None, device) -> torch.Tensor:
+    if isinstance(generator, NoiseFeed):
+        z = generator.draw(shape, device)
+    else:
+        z = torch.randn(shape, generator=generator, device=device)
     return z.clamp_(-clip, clip) if clip is not None else z
 
 

@@ -6,7 +6,12 @@ A kind is a `PolicyKind` subclass registered with `@register_policy_kind("name")
 - `architecture(pretrain)`: its resolved architecture as a dict (what the pre-training cache key hashes);
 - `check(pretrain)`: one-line `BenchError`s for settings no run can use (called before any work);
 - `build(obs_dim, act_dim, horizon_steps, pretrain)`: the untrained policy, an `nn.Module` with
-  `loss(action_chunks, obs, generator=...)` (its behaviour-cloning loss) and `horizon_steps`/`act_dim`.
+  `loss(action_chunks, obs, generator=...)` (its behaviour-cloning loss) and `horizon_steps`/`act_dim`;
+- `check_horizon(pretrain, horizon_steps)`: optional, a one-line `BenchError` for a chunk length Tp the
+  architecture cannot take (its `build` should refuse such a Tp too);
+- `provides`: optional, the kind an algorithm names whose policy this kind's is a drop-in for (the same
+  class with another network, e.g. `diffusion_unet` provides `diffusion`); a run's `policy_kind` may name
+  such a kind (`policy_kind_of_run`, `run_policy_kind` check the fit).
 `pretrain` is the run's resolved `pretrain` section (optimisation fields, the top-level MLP fields and
 every kind's section). Built-in kinds are below; third-party kinds register through the entry-point
 group `dppo_bench.policy_kinds` (`name = "package.module:KindClass"`), or by importing the module that
@@ -24,6 +29,7 @@ import torch.nn as nn
 from algorithms.diffusion import DiffusionPolicy
 from algorithms.gaussian import GaussianPolicy, GaussianPolicyConfig, GMMPolicy, GMMPolicyConfig
 from algorithms.networks import DenoisingMLP, check_residual_mlp
+from algorithms.unet import DenoisingUNet1D, UNetConfig, check_unet, check_unet_horizon
 from core.errors import BenchError
 from core.registry import Registry
 
@@ -35,6 +41,7 @@ DIFFUSION_FIELDS = ("denoising_steps", "hidden_dims", "time_dim", "activation", 
 class PolicyKind:
     name: ClassVar[str] = ""
     Config: ClassVar[type | None] = None
+    provides: ClassVar[str | None] = None  # None: only algorithms naming this kind itself
 
     @classmethod
     def section(cls, pretrain):
@@ -49,6 +56,10 @@ class PolicyKind:
     @classmethod
     def check(cls, pretrain) -> None:
         """Raise a one-line BenchError for architecture values no run can use."""
+
+    @classmethod
+    def check_horizon(cls, pretrain, horizon_steps: int) -> None:
+        """Raise a one-line BenchError for a chunk length Tp this architecture cannot take."""
 
     @classmethod
     def build(cls, obs_dim: int, act_dim: int, horizon_steps: int, pretrain) -> nn.Module:
@@ -70,6 +81,34 @@ REGISTRY = Registry("policy kind", ENTRY_POINT_GROUP, import_builtins=_import_bu
 register_policy_kind = REGISTRY.register
 list_policy_kinds = REGISTRY.names
 get_policy_kind = REGISTRY.get
+
+
+def provided_kind(kind: str) -> str:
+    """The kind an algorithm names (`policy_kind`) that `kind`'s policies serve: its `provides`, else itself."""
+    cls = get_policy_kind(kind)
+    return cls.provides or cls.name
+
+
+def run_policy_kind(algorithm_kind: str, requested: str | None = None, algorithm: str = "the algorithm") -> str:
+    """The kind a run pre-trains and fine-tunes: `requested` (the run's choice, e.g. `diffusion_unet` for a
+    DPPO run) when given, else the algorithm's own `policy_kind`. A requested kind must provide what the
+    algorithm starts from: a one-line BenchError naming the kinds that do otherwise."""
+    if requested is None or requested == algorithm_kind:
+        return algorithm_kind
+    if provided_kind(requested) != algorithm_kind:
+        fits = [k for k in list_policy_kinds() if k in REGISTRY.entries and provided_kind(k) == algorithm_kind]
+        raise BenchError(f"policy kind {requested!r} builds a {provided_kind(requested)} policy, but {algorithm} "
+                         f"starts from a {algorithm_kind} policy; kinds that fit: {', '.join(fits)}")
+    return requested
+
+
+def policy_kind_of_run(cfg) -> str:
+    """The kind a run config pre-trains: its `policy_kind` when set (configs without the key: None), else
+    its algorithm's `policy_kind`; a kind that does not fit the algorithm is a one-line BenchError."""
+    from algorithms.registry import get_algorithm
+
+    return run_policy_kind(get_algorithm(cfg.algorithm).policy_kind, getattr(cfg, "policy_kind", None),
+                           f"algorithm {cfg.algorithm!r}")
 
 
 def policy_kind_sections() -> list[tuple[str, type]]:
@@ -98,6 +137,35 @@ class DiffusionKind(PolicyKind):
     def build(cls, obs_dim, act_dim, horizon_steps, pretrain) -> DiffusionPolicy:
         net = DenoisingMLP(obs_dim, horizon_steps, act_dim, tuple(pretrain.hidden_dims), pretrain.time_dim,
                            pretrain.activation, pretrain.residual)
+        return DiffusionPolicy(net, pretrain.denoising_steps, pretrain.denoised_clip)
+
+
+@register_policy_kind("diffusion_unet")
+class DiffusionUNetKind(PolicyKind):
+    """The same DDPM diffusion policy with the temporal UNet denoiser (algorithms/unet.py), as DPPO runs
+    Furniture-Bench and Transport: its section `pretrain.diffusion_unet`; the chain (denoising_steps,
+    denoised_clip) is pretrain's top-level. A DiffusionPolicy, so it serves every `diffusion` algorithm."""
+
+    Config = UNetConfig
+    provides = "diffusion"
+
+    @classmethod
+    def architecture(cls, pretrain) -> dict[str, Any]:
+        arch = dataclasses.asdict(cls.section(pretrain))
+        arch["dim_mults"] = tuple(arch["dim_mults"])
+        return arch | {"denoising_steps": pretrain.denoising_steps, "denoised_clip": pretrain.denoised_clip}
+
+    @classmethod
+    def check(cls, pretrain) -> None:
+        check_unet(cls.section(pretrain))
+
+    @classmethod
+    def check_horizon(cls, pretrain, horizon_steps: int) -> None:
+        check_unet_horizon(cls.section(pretrain), horizon_steps)
+
+    @classmethod
+    def build(cls, obs_dim, act_dim, horizon_steps, pretrain) -> DiffusionPolicy:
+        net = DenoisingUNet1D(obs_dim, horizon_steps, act_dim, cls.section(pretrain))
         return DiffusionPolicy(net, pretrain.denoising_steps, pretrain.denoised_clip)
 
 

@@ -6,6 +6,7 @@ Bad input (unknown algorithm/task/preset/key, malformed --set, missing or corrup
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import sys
@@ -151,7 +152,7 @@ def run(algo: str = typer.Option("dppo", "--algo", help="algorithm name (see `be
                                                   log_every=log_every)
     try:
         summary = run_fn(cfg, out, resume=resume, command=shlex.join(["bench"] + sys.argv[1:]),
-                         log=lambda m: err_console.print(m), progress=progress, pretrain_progress=pre_bar)
+                         log=lambda m: err_console.print(m, markup=False, highlight=False), progress=progress, pretrain_progress=pre_bar)
     finally:
         for bar in (pre_bar, progress):
             if bar is not None:
@@ -191,9 +192,14 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
                                                               "over N episodes: the number iteration 0 of `bench run` "
                                                               "records with eval.n_episodes=N and the same --seed"),
              seed: int = typer.Option(0, "--seed", help="the run seed whose evaluation --eval reproduces (eval "
-                                                        "seed = eval.seed + seed); pre-training uses pretrain.seed")):
+                                                        "seed = eval.seed + seed); pre-training uses pretrain.seed"),
+             eval_at: Optional[str] = typer.Option(None, "--eval-at", metavar="U1,U2,...",
+                                                   help="with --eval: also evaluate the EMA policy after these "
+                                                        "update counts while training (to choose an earlier "
+                                                        "checkpoint as the start); needs training (not cached)")):
     """Pre-train a policy for a task (cached by policy kind, task, dataset checksum and config); print its
     throughput and, with --eval N, its deterministic success rate (return and score on Gym) over N episodes."""
+    from algorithms.policies import policy_kind_of_run, provided_kind
     from algorithms.registry import get_algorithm
     from bench.pretrain import check_architecture, load_pretrained, pretrain_key, pretrain_policy, pretrained_path
     from bench.runner import resolve_device
@@ -203,11 +209,14 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
     if eval_episodes is not None and eval_episodes < 1:
         raise BenchError(f"--eval must be >= 1 episodes, got {eval_episodes}")
     cfg = _config(task, algo, seed, preset, set_)
-    kind = policy or get_algorithm(algo).policy_kind
+    snapshots = _update_counts(eval_at, cfg.pretrain.n_updates) if eval_at is not None else []
+    if snapshots and eval_episodes is None:
+        raise BenchError("--eval-at needs --eval N (the number of episodes of each evaluation)")
+    kind = policy or policy_kind_of_run(cfg)
     check_architecture(kind, cfg.pretrain)
-    if eval_episodes is not None and kind != get_algorithm(algo).policy_kind:
+    if eval_episodes is not None and provided_kind(kind) != get_algorithm(algo).policy_kind:
         raise BenchError(f"--eval evaluates the policy --algo {algo} starts from ({get_algorithm(algo).policy_kind}), "
-                         f"not --policy {kind}; give an --algo that starts from a {kind} policy")
+                         f"not --policy {kind}; give an --algo that starts from a {provided_kind(kind)} policy")
     if cfg.torch_threads:
         import torch
 
@@ -218,10 +227,20 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
                       data=cfg.data)
     cached = not force and pretrained_path(
         task, pretrain_key(task, ds.checksum, cfg.env.horizon_steps, cfg.pretrain, kind), kind).exists()
+    if snapshots and cached:
+        raise BenchError("--eval-at evaluates checkpoints while training, but this policy is cached; add --force "
+                         "to train it again (same seed, same weights)")
     bar = _pretrain_progress(cfg.pretrain.batch_size)
+    curve = []
+
+    def on_snapshot(update, ema, norm):
+        res = _evaluate_pretrained(cfg, copy.deepcopy(ema), norm, eval_episodes)
+        curve.append((update, res))
+        err_console.print(f"after {update} updates: {_eval_summary(spec, res)}")
+
     try:
         path = pretrain_policy(kind, task, spec.obs_dim, spec.act_dim, ds, cfg.env.horizon_steps,
-                               cfg.pretrain, device, bar, force)
+                               cfg.pretrain, device, bar, force, on_snapshot if snapshots else None, snapshots)
     finally:
         bar.stop()
     trained, norm, meta = load_pretrained(path, device)
@@ -235,26 +254,50 @@ def pretrain(task: str = typer.Option("hopper", "--task"), algo: str = typer.Opt
     console.print(f"pre-trained {kind} policy: {path} ({'; '.join(facts)})")
     if eval_episodes is None:
         return
-    # as `bench run` evaluates at iteration 0: seeded, the algorithm built on the pre-trained policy, the run's
-    # eval envs and eval seed
+    res = _evaluate_pretrained(cfg, trained, norm, eval_episodes)
+    for update, snapshot in curve:
+        console.print(f"after {update} updates: {_eval_summary(spec, snapshot)}")
+    console.print(f"pre-trained {_eval_summary(spec, res)}")
+
+
+def _update_counts(text: str, n_updates: int) -> list[int]:
+    """`--eval-at` update counts: positive integers below pretrain.n_updates (the end is always evaluated)."""
+    try:
+        counts = sorted({int(u) for u in text.split(",") if u.strip()})
+    except ValueError:
+        raise BenchError(f"--eval-at takes comma-separated update counts, e.g. 10000,20000; got {text!r}") from None
+    bad = [u for u in counts if not 1 <= u < n_updates]
+    if bad or not counts:
+        raise BenchError(f"--eval-at update counts must be between 1 and pretrain.n_updates - 1 = {n_updates - 1} "
+                         f"(the final policy is always evaluated); got {text!r}")
+    return counts
+
+
+def _evaluate_pretrained(cfg, policy, norm, n_episodes: int) -> dict:
+    """As `bench run` evaluates at iteration 0: seeded, the algorithm built on the pre-trained policy, the
+    run's eval envs and eval seed."""
     from bench.runner import RunContext, build_algorithm, evaluate, make_env, seed_everything
 
     ctx = RunContext.of(cfg)
     seed_everything(cfg.seed)
-    algorithm = build_algorithm(ctx, trained)
+    algorithm = build_algorithm(ctx, policy)
     env = make_env(ctx, norm, cfg.eval.n_envs)
     try:
-        res = evaluate(algorithm, env, eval_episodes, cfg.eval.seed + cfg.seed, ctx.device)
+        res = evaluate(algorithm, env, n_episodes, cfg.eval.seed + cfg.seed, ctx.device)
     finally:
         env.close()
+    res["eval_seed"] = cfg.eval.seed + cfg.seed
+    return res
+
+
+def _eval_summary(spec, res: dict) -> str:
     # the means at full precision (as eval.csv stores them): equal to a run's iteration 0, digit for digit
-    how = f"{res['n_episodes']} episodes, deterministic, eval seed {cfg.eval.seed + cfg.seed}"
+    how = f"{res['n_episodes']} episodes, deterministic, eval seed {res['eval_seed']}"
     if spec.metric == "success_rate":
         wins = round(res["success_rate"] * res["n_episodes"])
-        console.print(f"pre-trained success rate: {res['success_rate']!r} ({wins}/{res['n_episodes']} succeeded; {how})")
-    else:
-        score = "" if res["score_mean"] != res["score_mean"] else f", score {res['score_mean']!r}"
-        console.print(f"pre-trained return: {res['return_mean']!r} (std {res['return_std']:.3g}{score}; {how})")
+        return f"success rate: {res['success_rate']!r} ({wins}/{res['n_episodes']} succeeded; {how})"
+    score = "" if res["score_mean"] != res["score_mean"] else f", score {res['score_mean']!r}"
+    return f"return: {res['return_mean']!r} (std {res['return_std']:.3g}{score}; {how})"
 
 
 @app.command("eval")
@@ -267,6 +310,52 @@ def eval_(path: Path = typer.Argument(..., help="a run directory or a checkpoint
     res = eval_checkpoint(path, episodes, seed, device)
     res.pop("returns")
     console.print_json(json.dumps(res))
+
+
+@app.command()
+def video(path: Path = typer.Argument(..., help="a run directory"),
+          episodes: int = typer.Option(1, "--episodes", help="evaluation episodes, one after another"),
+          pretrained: bool = typer.Option(False, "--pretrained", help="the pre-trained policy the run started "
+                                                                      "from (its iteration-0 evaluation)"),
+          out: Optional[Path] = typer.Option(None, "--out", help="an .mp4 or .gif file (default: "
+                                             "RUN/video/final.mp4, or pretrained.mp4 with --pretrained)"),
+          fps: Optional[float] = typer.Option(None, "--fps", help="playback frames per second (default: real "
+                                              "time)"),
+          every: Optional[int] = typer.Option(None, "--every", metavar="K", help="render every K-th env step "
+                                              "(default: the fewest for real time at <= 30 frames/s)"),
+          width: int = typer.Option(320, "--width"), height: int = typer.Option(240, "--height"),
+          camera: Optional[str] = typer.Option(None, "--camera", help="a camera of the task's MuJoCo model, or "
+                                               "free (default: track / frontview / agentview, else free)"),
+          as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+    """Render deterministic evaluation episodes of a run's fine-tuned policy (the episodes `bench eval
+    --episodes N` evaluates) with MuJoCo's offscreen renderer to MP4 or GIF, plus a frame strip PNG of the
+    first episode that `bench report` embeds. Without a display MUJOCO_GL defaults to egl (or osmesa)."""
+    from bench.video import record
+
+    res = record(path, episodes, pretrained, out, fps, every, width, height, camera)
+    if as_json:
+        _print_json(res)
+        return
+    rets = ", ".join(f"{r:.1f}" for r in res["returns"])
+    console.print(f"wrote {res['video']} ({res['policy']} {res['algorithm']}/{res['task']}/seed{res['seed']}: "
+                  f"{len(res['returns'])} episode(s), returns {rets}, success rate {res['success_rate']:.2f}; "
+                  f"{res['frames']} frames {res['width']}x{res['height']} at {res['fps']:g} fps, every "
+                  f"{res['every']} env step(s)) and {res['strip']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(path: Path = typer.Argument(..., help="a run directory"),
+           fmt: str = typer.Option("torchscript", "--format", help="torchscript | onnx"),
+           out: Optional[Path] = typer.Option(None, "--out", help="the file (default: RUN/export/policy.pt or "
+                                              "policy.onnx); its JSON card goes beside it as FILE.json")):
+    """Export a run's fine-tuned policy as one self-contained file: raw observation (B, obs_dim) [+ the
+    evaluation's noise draws] -> the raw action chunk (B, Ta, act_dim) the harness executes, with
+    normalisation and the whole deterministic denoising chain; plus a JSON card (docs/exporting-a-policy.md)."""
+    from bench.export import export_policy
+
+    path_, card, checked = export_policy(path, fmt, out)
+    console.print(f"wrote {path_} ({fmt}; checked against the harness's actions: {checked}) and {card}",
+                  highlight=False, soft_wrap=True)
 
 
 @data_app.command("make")
@@ -428,7 +517,7 @@ def grid(algos: Optional[str] = typer.Option(None, "--algos", help="comma-separa
     live = Live(_grid_table(list(states.values())), console=err_console, refresh_per_second=2)
     try:
         result = grid_mod.run_grid(runs, root, workers=workers, executor=executor, options=options,
-                                   on_event=on_event)
+                                   on_event=on_event, log_every=log_every)
     finally:
         if live.is_started:
             live.stop()

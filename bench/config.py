@@ -110,9 +110,28 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers, beside metrics.csv and eval.csv (the source of truth; bench/trackers.py). Not part
+    of what a run computes: a resumed run may change them."""
+
+    tensorboard: bool = True
+    """TensorBoard event files in <run_dir>/tensorboard; needs the tensorboard package (pip install
+    'dppo-bench[tb]'): without it, off with one info line"""
+    wandb: bool = False
+    """Weights & Biases run in <run_dir>/wandb; needs the wandb package (pip install 'dppo-bench[wandb]')"""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline: local files only (upload later with `wandb sync`); online: needs `wandb login`"""
+    wandb_project: str = "dppo-bench"
+    """the W&B project; runs are named <task>/<algo>/seed<k> and grouped by <task>/<algo>"""
+
+
+@dataclass
 class RunConfig:
     task: str = "hopper"
     algorithm: str = "dppo"
+    policy_kind: str | None = None
+    """the pre-trained policy's kind (algorithms/policies.py), e.g. diffusion_unet for DPPO or a diffusion
+    baseline; None: the algorithm's own. It must build what the algorithm starts from."""
     seed: int = 0
     preset: str = "small"
     device: str = "cpu"
@@ -124,6 +143,7 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=pretrain_config)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     algo: Any = None
     """the algorithm's own hyperparameter dataclass"""
 
@@ -274,7 +294,13 @@ def build_run_config(task: str, algorithm: str, seed: int = 0, preset: str = "sm
     for source, layer in preset_layers(task, spec.suite, algorithm, algo_cls, preset) + [("--set", overrides or {})]:
         apply_overrides(cfg, layer, source)
     resolve_task_values(cfg, spec)
+    if cfg.policy_kind is None:  # resolved: config.json names the kind the run pre-trains
+        cfg.policy_kind = algo_cls.policy_kind
     validate(cfg, spec)
+    if cfg.log.wandb:  # a tracker that cannot start stops the run before any work, not after pre-training
+        from bench.trackers import check_wandb_installed
+
+        check_wandb_installed()
     if cfg.env.sim == "isaacgym":  # before any data or pre-training is made for a run that cannot start
         from envs.furniture_isaacgym import check_installed
 
@@ -311,6 +337,10 @@ AT_LEAST_0 = ("seed", "torch_threads", "eval.seed", "data.seed", "pretrain.seed"
 """integer keys that must be >= 0 (torch_threads 0: torch's default; pretrain.n_updates 0: an untrained policy)"""
 
 
+WANDB_PROJECT_BAD = "/\\#?%:"
+"""characters W&B refuses in a project name"""
+
+
 def _is_lr(name: str) -> bool:
     return name == "lr" or name.endswith("_lr") or name == "lr_min" or name.endswith("_lr_min")
 
@@ -326,11 +356,14 @@ def validate(cfg: RunConfig, spec=None) -> None:
     - pretrain.ema_decay is in [0, 1]; pretrain.denoised_clip is None or > 0;
     - train.max_loss is None or > 0;
     - env.sim other than mujoco only for furniture tasks;
+    - log.wandb_project is a W&B project name: not empty, none of the characters in WANDB_PROJECT_BAD;
     - the chain a fine-tuned denoising algorithm uses (a config with `ft_denoising_steps`): with
       `use_ddim`, 1 <= ddim_steps <= K = pretrain.denoising_steps and ddim_steps divides K; then
       1 <= ft_denoising_steps <= the chain's length (ddim_steps with DDIM, else K);
+    - `policy_kind` (if set) builds what the algorithm starts from, and env.horizon_steps fits its architecture;
     - then the algorithm's own `check_config`.
     """
+    from algorithms.policies import get_policy_kind, policy_kind_of_run
     from algorithms.registry import get_algorithm
     from envs.tasks import get_task
 
@@ -365,7 +398,12 @@ def validate(cfg: RunConfig, spec=None) -> None:
         raise BenchError(f"train.max_loss must be > 0 or none (no threshold), got {cfg.train.max_loss}")
     if cfg.env.sim != "mujoco" and spec.suite != "furniture":
         raise BenchError(f"env.sim={cfg.env.sim} is only for furniture tasks; task {cfg.task!r} is a {spec.suite} task")
+    project = cfg.log.wandb_project
+    if not project.strip() or any(c in project for c in WANDB_PROJECT_BAD):
+        raise BenchError(f"log.wandb_project must be a W&B project name: not empty and none of "
+                         f"{' '.join(WANDB_PROJECT_BAD)}, got {project!r}")
     _check_denoising_chain(cfg)
+    get_policy_kind(policy_kind_of_run(cfg)).check_horizon(cfg.pretrain, cfg.env.horizon_steps)
     get_algorithm(cfg.algorithm).check_config(cfg.algo)
 
 

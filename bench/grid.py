@@ -1,7 +1,7 @@
 """Grids of runs: algorithms x tasks x seeds with one preset and shared overrides.
 
 A grid is expanded (and every cell's config validated) before anything runs; then each cell that is
-not complete runs as its own `bench run ... --resume --quiet` command (at most `workers` at once) on a
+not complete runs as its own `bench run ... --resume` command (at most `workers` at once) on a
 grid executor: "local" child processes, one Ray task per run on a Ray cluster, or a plugin; executors,
 their protocol and their options are in bench/executors.py.
 
@@ -16,12 +16,15 @@ local executor also passes the lock's file descriptor to the child process, so t
 while the child lives even if the grid process itself is killed. A run whose lock is held elsewhere is
 skipped with a "running elsewhere" event.
 
-Logs: each run's stdout/stderr is appended to `<root>/logs/<task>_<algo>_seed<k>.log`.
+Logs: each run's stdout/stderr is appended to `<root>/logs/<task>_<algo>_seed<k>.log`: a file, so the run
+writes its plain progress lines there (pre-training, then one per iteration, at most one per `log_every`
+seconds, as `bench run --log-every`).
 
 Events: `on_event(kind, run, info)` with kind one of
   "skip"     info: {"reason": "complete" | "running elsewhere", "run_dir", "log"}
   "start"    info: {"log", "run_dir", "command", "attempt_start" (unix time)}
-  "progress" info: {"iteration", "env_steps", "n_iterations", "elapsed_s", "log"} (when metrics.csv changes)
+  "progress" info: {"iteration", "env_steps", "n_iterations", "elapsed_s", "metrics" (the last row of
+             metrics.csv), "eval" (the last row of eval.csv, or None), "log"} (when metrics.csv changes)
   "done"     info: {"log", "exit_code": 0, "wall_s", "run_dir"}
   "fail"     info: {"log", "exit_code", "wall_s", "run_dir", "tail" (last lines of the log)}
 """
@@ -57,13 +60,15 @@ EventCallback = Callable[[str, "GridRun", dict], None]
 
 @dataclasses.dataclass(frozen=True)
 class GridRun:
-    """One cell of a grid. `overrides` is a tuple of (key, value-string) pairs, as given to `--set`."""
+    """One cell of a grid. `overrides` is a tuple of (key, value-string) pairs, as given to `--set`;
+    `log_every` the run's `--log-every` (None: its default, $DPPO_BENCH_LOG_EVERY or 10 s)."""
 
     algo: str
     task: str
     seed: int
     preset: str
     overrides: tuple[tuple[str, str], ...] = ()
+    log_every: float | None = None
 
     @property
     def run_id(self) -> str:
@@ -91,9 +96,12 @@ class GridRun:
         return Path(root) / "locks" / f"{self.file_stem}.lock"
 
     def cli_args(self, root: Path | str) -> list[str]:
-        """Arguments after the Python executable: `-m bench.cli run ... --resume --quiet --set k=v ...`."""
+        """Arguments after the Python executable: `-m bench.cli run ... --resume [--log-every S] --set k=v ...`.
+        Not --quiet: the run's stderr is its log file, where progress comes as plain lines."""
         args = ["-m", "bench.cli", "run", "--algo", self.algo, "--task", self.task, "--seed", str(self.seed),
-                "--preset", self.preset, "--out", str(root), "--resume", "--quiet"]
+                "--preset", self.preset, "--out", str(root), "--resume"]
+        if self.log_every is not None:
+            args += ["--log-every", f"{self.log_every:g}"]
         for k, v in self.overrides:
             args += ["--set", f"{k}={v}"]
         return args
@@ -273,7 +281,15 @@ def run_state(run: GridRun, root: Path | str) -> str:
 
 def last_metrics(run: GridRun, root: Path | str) -> dict | None:
     """The last row of <run_dir>/metrics.csv as {"iteration", "env_steps", ...}, or None."""
-    path = run.store(root).metrics
+    return _last_row(run.store(root).metrics)
+
+
+def last_eval(run: GridRun, root: Path | str) -> dict | None:
+    """The last row of <run_dir>/eval.csv as {"iteration", "env_steps", "return_mean", ...}, or None."""
+    return _last_row(run.store(root).evals)
+
+
+def _last_row(path: Path) -> dict | None:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -285,6 +301,9 @@ def last_metrics(run: GridRun, root: Path | str) -> dict | None:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k is None:
+            continue
+        if v == "":  # pandas writes NaN (no finished episode, no normalised score) as an empty cell
+            out[k] = float("nan")
             continue
         try:
             fv = float(v)
@@ -381,9 +400,10 @@ class _Active:
 
 def run_grid(runs: list[GridRun], root: Path | str, workers: int = 1, executor: str = "local",
              options: dict | None = None, on_event: EventCallback | None = None, poll_s: float = 0.5,
-             progress_every_s: float = 2.0) -> dict:
+             progress_every_s: float = 2.0, log_every: float | None = None) -> dict:
     """Run every incomplete run of the grid (at most `workers` at once) on the named executor, made with
-    `options` (bench/executors.py); returns a summary dict: {"total", "skipped_complete",
+    `options` (bench/executors.py); each run logs progress at most every `log_every` seconds (None: the
+    runs' default); returns a summary dict: {"total", "skipped_complete",
     "running_elsewhere", "completed", "failed", "failed_runs": [{"run_id", "log", "exit_code", "tail"}],
     "wall_s"}. A failed run does not stop the others."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -391,6 +411,8 @@ def run_grid(runs: list[GridRun], root: Path | str, workers: int = 1, executor: 
     root = Path(root).resolve()
     backend = executors.make_executor(executor, root, options)  # fails fast, before anything runs
     emit = on_event or (lambda kind, run, info: None)
+    if log_every is not None:
+        runs = [dataclasses.replace(r, log_every=log_every) for r in runs]
     t_start = time.time()
     summary = {"total": len(runs), "skipped_complete": 0, "running_elsewhere": 0, "completed": 0, "failed": 0,
                "failed_runs": [], "wall_s": 0.0}
@@ -481,10 +503,12 @@ def _emit_progress(a: _Active, root: Path, emit, force: bool) -> None:
     m = last_metrics(a.run, root)
     if not m:
         return
-    key = (m.get("iteration"), m.get("env_steps"))
+    ev = last_eval(a.run, root)
+    # an evaluation lands after its iteration's metrics row: it is progress too
+    key = (m.get("iteration"), m.get("env_steps"), (ev or {}).get("iteration"))
     if key == a.last_progress and not force:
         return
     a.last_progress = key
     emit("progress", a.run, {"iteration": m.get("iteration"), "env_steps": m.get("env_steps"),
                              "n_iterations": a.n_iterations, "elapsed_s": time.time() - a.t0,
-                             "metrics": m, "log": str(a.run.log_path(root))})
+                             "metrics": m, "eval": ev, "log": str(a.run.log_path(root))})

@@ -92,6 +92,12 @@ HARNESS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # noise (~0.1) was as large as the gain.
         "lift": {"pretrain.n_updates": 3_000, "train.n_iterations": 50, "eval.every": 25, "eval.n_episodes": 50},
         "can": {"pretrain.n_updates": 50_000},
+        # Square: 5k updates at batch 256 gave 0% (and 50k: 0%). 60k updates at batch 512, lr 3e-4 (1 torch
+        # thread, ~25 min on 2 shared cores) reach 0.15-0.20 over 20 episodes (0 at 10k, 0.05 at 20k, 0.10 at
+        # 30k-40k); 100 "ph" demos were no better (0.10 at 20k-40k). One 400-step episode per env per iteration.
+        "square": {"pretrain.n_updates": 60_000, "pretrain.batch_size": 512, "pretrain.lr": 3e-4,
+                   "pretrain.ema_start": 1000, "train.n_steps": 100, "train.n_iterations": 30, "eval.every": 15,
+                   "eval.n_episodes": 50},
         # CPU-sized (2 cores): one 700-step episode per env per iteration (7040 env steps), 50 mh demos.
         # Pre-trained one_leg succeeds in 0 of 10 episodes at 50k updates (256x3; with the expert's first
         # version also at 10k, with 200 demos, with "ph" demos, and 512x3 at 100k updates): behaviour cloning

@@ -82,11 +82,14 @@ def chunk_tensors(ds: TransitionDataset, norm: Normalizer, horizon_steps: int):
 
 
 def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: TransitionDataset, horizon_steps: int,
-                    cfg: PretrainConfig, device: str = "cpu", progress=None, force: bool = False) -> Path:
+                    cfg: PretrainConfig, device: str = "cpu", progress=None, force: bool = False,
+                    on_snapshot=None, snapshot_at=()) -> Path:
     """Train (or reuse) the `kind` policy on the dataset's chunks; returns the checkpoint path.
 
     `progress(update, n_updates, mean_loss)` is called every 100 updates (and after the last), after the
-    loss read-back that waits for the queued updates (so a callback's clock times the device's work)."""
+    loss read-back that waits for the queued updates (so a callback's clock times the device's work).
+    `on_snapshot(update, ema_policy, normalizer)` is called after each update count in `snapshot_at` (to
+    evaluate earlier checkpoints, e.g. `bench pretrain --eval-at`); it must not change the policy."""
     check_architecture(kind, cfg)
     ds.check_chunks(horizon_steps)  # a one-line error before anything is trained or reused
     key = pretrain_key(task, ds.checksum, horizon_steps, cfg, kind)
@@ -113,6 +116,7 @@ def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: Transi
     ema_all, live_all = list(ema_sd.values()), [live_sd[k] for k in ema_sd]
     ema_params, live_params = list(ema.parameters()), list(policy.parameters())
     curve, window, n, batch = [], [], len(obs), cfg.batch_size
+    snapshot_at = set(snapshot_at) if on_snapshot is not None else set()
     t0 = time.perf_counter()
     for step in range(cfg.n_updates):
         for g in opt.param_groups:
@@ -129,6 +133,10 @@ def pretrain_policy(kind: str, task: str, obs_dim: int, act_dim: int, ds: Transi
                     torch._foreach_copy_(ema_all, live_all)
                 else:
                     torch._foreach_lerp_(ema_params, live_params, 1 - cfg.ema_decay)
+        if step + 1 in snapshot_at:
+            t_snap = time.perf_counter()
+            on_snapshot(step + 1, ema, norm)
+            t0 += time.perf_counter() - t_snap  # the throughput figures time training alone
         if (step + 1) % 100 == 0 or step + 1 == cfg.n_updates:
             mean_loss = torch.stack(window).mean().item()  # waits for the queued updates: the timing is true
             window = []

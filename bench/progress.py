@@ -231,12 +231,13 @@ class PretrainProgress:
 
 
 class GridLog:
-    """`bench grid` events as plain lines (for a stderr that is not a terminal); progress lines of one run at
-    most every LOG_EVERY seconds (0: each change of its metrics.csv), e.g.
+    """`bench grid` events as plain lines (for a stderr that is not a terminal); progress lines of one run (its
+    metrics.csv and eval.csv, with the fields of `bench run`'s lines; steps/s: the last iteration's) at most
+    every LOG_EVERY seconds (0: each change of its metrics.csv), its first and its last iteration always, e.g.
 
         12:00:00 grid: 4 runs, 1 complete, 3 to run, 2 workers
         12:00:00 grid: start hopper/dppo/seed0 (log results/logs/hopper_dppo_seed0.log)
-        12:00:30 grid: hopper/dppo/seed0 iteration 3/50 | env steps 12000 | elapsed 30s | ETA 7m50s
+        12:00:30 grid: hopper/dppo/seed0 iteration 3/50 | env steps 12000 | train return 812.3 | eval 1040.1 (score 32.6, success 0.00) at itr 0 | 1234 steps/s | elapsed 30s | ETA 7m50s
         12:05:00 grid: done hopper/dppo/seed0 in 300s
         12:05:00 grid: failed walker2d/dppo/seed0 (exit 1), log results/logs/walker2d_dppo_seed0.log
     """
@@ -262,14 +263,18 @@ class GridLog:
             self.line(f"start {rid} (log {info.get('log')})")
         elif kind == "progress":
             now = time.time()
-            if self.log_every and now - self.last.get(rid, -math.inf) < self.log_every:
+            it, n = row.get("iteration"), row.get("n_iterations")
+            if (self.log_every and now - self.last.get(rid, -math.inf) < self.log_every
+                    and not (it and n and it >= n)):
                 return
             self.last[rid] = now
-            it, n = row.get("iteration"), row.get("n_iterations")
             elapsed = now - row["started"] if row.get("started") else None
             eta = elapsed / it * (n - it) if elapsed and it and n else None
+            m = {k: v for k, v in (info.get("metrics") or {}).items() if isinstance(v, (int, float))}
             self.line(f"{rid} iteration {it or 0}/{n or '?'} | env steps {row.get('env_steps') or 0} | "
-                      f"elapsed {fmt_duration(elapsed)} | ETA {fmt_duration(eta)}")
+                      f"train return {_fmt(m.get('train_return'))} | eval {_eval_text(info.get('eval'), True)} | "
+                      f"{_fmt(m.get('env_steps_per_s'), '.0f')} steps/s | elapsed {fmt_duration(elapsed)} | "
+                      f"ETA {fmt_duration(eta)}")
         elif kind == "done":
             self.line(f"done {rid} in {info.get('wall_s', 0):.0f}s")
         elif kind == "fail":

@@ -5,8 +5,9 @@ figure as PNG and PDF under `figures/`, and the leaderboard files (`leaderboard.
 Figures: sample-efficiency curves per task (score vs env steps, mean over seeds with a 95% bootstrap CI
 band, one line per algorithm), the leaderboard's aggregate statistics with 95% CIs (`bench.statistics`:
 IQM, mean, median, optimality gap and any registered), performance profiles, and the probability of
-improvement over the baseline (when there is more than one algorithm). Scores are those of
-`bench.results` / `bench.leaderboard`.
+improvement over the baseline (when there is more than one algorithm), and a frame strip per task where
+a run has one (`bench video`: the first evaluation episode). Scores are those of `bench.results` /
+`bench.leaderboard`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,26 @@ def _save(fig, name: str, fig_dir: Path) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
+def _video_strips(records, tasks, baseline: str) -> str:
+    """One frame strip per task (of its first run with one: the baseline's first, then by algorithm and
+    seed), as figures with the PNG embedded."""
+    from bench.video import find_strip
+
+    out = []
+    for t in tasks:
+        runs = sorted((r for r in records if r.task == t and r.path is not None),
+                      key=lambda r: (r.algo != baseline, r.algo, r.seed))
+        found = next(((r, f) for r in runs for f in [find_strip(r.path)] if f is not None), None)
+        if found is None:
+            continue
+        (r, (png, policy)) = found
+        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+        alt = f"{t}: {r.algo} seed {r.seed}, {policy} policy, frames of its first evaluation episode"
+        out.append(f'<figure><img id="strip-{html.escape(t)}" class="strip" alt="{html.escape(alt)}" '
+                   f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+    return "".join(out)
+
+
 def make_report(records, out_dir, tasks=None, algos=None, preset=None, last_n: int = 1,
                 reps: int = lb.DEFAULT_REPS, seed: int = lb.DEFAULT_SEED, baseline: str = "dppo",
                 warnings=(), title: str = "dppo-bench report", statistics: list[str] | None = None) -> Path:
@@ -135,6 +156,10 @@ def make_report(records, out_dir, tasks=None, algos=None, preset=None, last_n: i
         name = f"curve-{t}"
         parts.append(img(_save(fig, name, fig_dir), name, f"{t}: score vs env steps (mean, 95% bootstrap CI)"))
     sections.append('<h2>Sample efficiency</h2>\n<div class="grid">' + "".join(parts) + "</div>")
+    strips = _video_strips(recs, curve_tasks, baseline)
+    if strips:
+        sections.append('<h2>Videos</h2>\n<p class="note">The first evaluation episode of one run per task '
+                        "(<code>bench video</code>; the videos are in the run directories).</p>\n" + strips)
 
     if sm.scores:
         # 2. aggregate statistics (all tasks)
@@ -197,7 +222,7 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table.leaderboard {{ border-collapse: collapse; font-size: 0.9em; }}
 table.leaderboard th, table.leaderboard td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-figure {{ margin: 0.5em; }} img.plot {{ max-width: 100%; }} .note {{ color: #555; }}
+figure {{ margin: 0.5em; }} img.plot, img.strip {{ max-width: 100%; }} .note {{ color: #555; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Generated {when}. Score: Gym = D4RL-normalised score / 100 (1.0 = expert); robomimic/furniture =

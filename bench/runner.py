@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from algorithms.base import AlgoContext, Algorithm, Rollout
+from algorithms.policies import policy_kind_of_run
 from algorithms.registry import get_algorithm
 from bench.config import RunConfig, flatten, run_config_from_dict, to_dict
+from bench.trackers import open_trackers
 from core.atomic import atomic_torch_save, atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from core.errors import BenchError
 from core.runstore import RunStore
@@ -122,7 +124,7 @@ def prepare_policy(ctx: RunContext, log=print, progress=None, expect: dict | Non
     from envs.datasets import load_dataset
 
     cfg, task = ctx.cfg, ctx.task
-    kind = get_algorithm(cfg.algorithm).policy_kind
+    kind = policy_kind_of_run(cfg)
     check_architecture(kind, cfg.pretrain)  # before any data is made
     ds = load_dataset(cfg.task, cfg.data.source, cfg.data.n_transitions, cfg.data.seed, log=log, data=cfg.data)
     expect = expect or {}
@@ -358,9 +360,10 @@ def _config_diff(saved_d: dict, cfg: RunConfig, what: str, rdir: Path) -> None:
         saved = run_config_from_dict(saved_d)
     except (KeyError, TypeError, AttributeError) as e:
         raise BenchError(f"cannot resume {rdir}: the config in its {what} is incomplete ({e})") from None
-    if to_dict(saved) != to_dict(cfg):
-        saved_flat = flatten(to_dict(saved))
-        diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if saved_flat.get(k) != v)
+    # the trackers (log.*) are not part of what a run computes: a resume may switch them
+    saved_flat = {k: v for k, v in flatten(to_dict(saved)).items() if not k.startswith("log.")}
+    diff = sorted(k for k, v in flatten(to_dict(cfg)).items() if not k.startswith("log.") and saved_flat.get(k) != v)
+    if diff:
         raise BenchError(f"cannot resume {rdir}: config differs from the {what} in {', '.join(diff)}")
 
 
@@ -436,62 +439,71 @@ def run(cfg: RunConfig, out_root: Path, resume: bool = False, command: str = "",
         rows, evals = state["metrics"], state["evals"]
         log(f"resuming {rdir} at iteration {start_itr}")
 
-    n_itr = cfg.train.n_iterations
-    t_start = time.time()
-    # CPU seconds of this process (async env workers not included), carried over a resume in the metrics
-    cpu_before, cpu_start = (rows[-1].get("cpu_s", 0.0) if rows else 0.0), time.process_time()
+    # after every check: a run that cannot start leaves no tracker files
+    trackers = open_trackers(cfg, rdir, rows, evals, None if state is None else env_steps, log)
+    ok = False
+    try:
+        n_itr = cfg.train.n_iterations
+        t_start = time.time()
+        # CPU seconds of this process (async env workers not included), carried over a resume in the metrics
+        cpu_before, cpu_start = (rows[-1].get("cpu_s", 0.0) if rows else 0.0), time.process_time()
 
-    def do_eval(itr):
-        t = time.time()
-        res = evaluate(algo, eval_env, cfg.eval.n_episodes, eval_seed, device)
-        row = {"iteration": itr, "env_steps": env_steps, **{k: v for k, v in res.items() if k != "returns"},
-               "eval_s": time.time() - t}
-        evals.append(row)
-        atomic_write_csv(store.evals, evals)
-        return row
+        def do_eval(itr):
+            t = time.time()
+            res = evaluate(algo, eval_env, cfg.eval.n_episodes, eval_seed, device)
+            row = {"iteration": itr, "env_steps": env_steps, **{k: v for k, v in res.items() if k != "returns"},
+                   "eval_s": time.time() - t}
+            evals.append(row)
+            atomic_write_csv(store.evals, evals)
+            trackers.log("eval", row)
+            return row
 
-    if start_itr == 0 and not evals:
-        do_eval(0)
-    if progress:
-        progress.start(n_itr, start_itr, env_steps, evals[-1] if evals else None)
-    for itr in range(start_itr, n_itr):
-        t0 = time.time()
-        algo_metrics = {}
-        ro, obs, steps = collect_rollout(algo, env, obs, cfg.train.n_steps, tracker, device)
-        t1 = time.time()
-        try:
-            algo_metrics = algo.update(ro, itr)
-        except FloatingPointError as e:
-            raise _stop(str(e), checkpoint_itr) from None
-        why = _diverged(algo_metrics, itr + 1, cfg.train.max_loss)
-        bad = [] if why else non_finite_state(algo)  # one pass over the networks and optimiser states
-        if bad:
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            why = f"non-finite parameters or optimiser state after iteration {itr + 1}: {', '.join(bad[:3])}{more}"
-        if why:  # nothing of the diverged state is written: no metrics row, no checkpoint
-            raise _stop(why, checkpoint_itr, "; lower the learning rates")
-        env_steps += steps
-        t2 = time.time()
-        row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
-               "cpu_s": cpu_before + time.process_time() - cpu_start, **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
-               "env_steps_per_s": steps / max(t2 - t0, 1e-9), **algo_metrics}
-        rows.append(row)
-        atomic_write_csv(store.metrics, rows)
-        last = itr + 1 == n_itr
-        if (itr + 1) % cfg.eval.every == 0 or last:
-            do_eval(itr + 1)
-        if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
-            save_checkpoint(store.checkpoint, cfg, algo, policy, norm, itr + 1, env_steps,
-                            wall_before + time.time() - t_start, tracker, env, obs, rows, evals, pre_meta)
-            checkpoint_itr = itr + 1
+        if start_itr == 0 and not evals:
+            do_eval(0)
         if progress:
-            progress.update(itr + 1, env_steps, row, evals[-1])
+            progress.start(n_itr, start_itr, env_steps, evals[-1] if evals else None)
+        for itr in range(start_itr, n_itr):
+            t0 = time.time()
+            algo_metrics = {}
+            ro, obs, steps = collect_rollout(algo, env, obs, cfg.train.n_steps, tracker, device)
+            t1 = time.time()
+            try:
+                algo_metrics = algo.update(ro, itr)
+            except FloatingPointError as e:
+                raise _stop(str(e), checkpoint_itr) from None
+            why = _diverged(algo_metrics, itr + 1, cfg.train.max_loss)
+            bad = [] if why else non_finite_state(algo)  # one pass over the networks and optimiser states
+            if bad:
+                more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+                why = f"non-finite parameters or optimiser state after iteration {itr + 1}: {', '.join(bad[:3])}{more}"
+            if why:  # nothing of the diverged state is written: no metrics row, no checkpoint
+                raise _stop(why, checkpoint_itr, "; lower the learning rates")
+            env_steps += steps
+            t2 = time.time()
+            row = {"iteration": itr + 1, "env_steps": env_steps, "wall_s": wall_before + time.time() - t_start,
+                   "cpu_s": cpu_before + time.process_time() - cpu_start, **tracker.pop(), "rollout_s": t1 - t0, "update_s": t2 - t1,
+                   "env_steps_per_s": steps / max(t2 - t0, 1e-9), **algo_metrics}
+            rows.append(row)
+            atomic_write_csv(store.metrics, rows)
+            trackers.log("train", row)
+            last = itr + 1 == n_itr
+            if (itr + 1) % cfg.eval.every == 0 or last:
+                do_eval(itr + 1)
+            if (itr + 1) % cfg.train.checkpoint_every == 0 or last:
+                save_checkpoint(store.checkpoint, cfg, algo, policy, norm, itr + 1, env_steps,
+                                wall_before + time.time() - t_start, tracker, env, obs, rows, evals, pre_meta)
+                checkpoint_itr = itr + 1
+            if progress:
+                progress.update(itr + 1, env_steps, row, evals[-1])
 
-    env.close()
-    eval_env.close()
-    summary = make_summary(cfg, task, evals, rows, env_steps, wall_before + time.time() - t_start, pre_meta)
-    summary["cpu_s"] = cpu_before + time.process_time() - cpu_start
-    atomic_write_json(store.summary, summary)
+        env.close()
+        eval_env.close()
+        summary = make_summary(cfg, task, evals, rows, env_steps, wall_before + time.time() - t_start, pre_meta)
+        summary["cpu_s"] = cpu_before + time.process_time() - cpu_start
+        atomic_write_json(store.summary, summary)
+        ok = True
+    finally:
+        trackers.close(ok)
     return summary
 
 
@@ -624,7 +636,7 @@ def load_for_eval(path: Path, device_name: str = "cpu"):
         raise BenchError(f"checkpoint {path}: its config is incomplete ({e})") from None
     cfg.device = device_name
     ctx = RunContext.of(cfg)
-    policy = build_policy(get_algorithm(cfg.algorithm).policy_kind, ctx.task.obs_dim, ctx.task.act_dim,
+    policy = build_policy(policy_kind_of_run(cfg), ctx.task.obs_dim, ctx.task.act_dim,
                           cfg.env.horizon_steps, cfg.pretrain)
     try:
         policy.load_state_dict(state["pretrained"])

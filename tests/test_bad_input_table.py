@@ -28,8 +28,8 @@ def base_run(tmp_path_factory, _cache_dir):
 
 
 class Ctx:
-    def __init__(self, tmp: Path, base: Path, cache: Path):
-        self.tmp, self.base, self.cache = tmp, base, cache
+    def __init__(self, tmp: Path, base: Path, cache: Path, monkeypatch):
+        self.tmp, self.base, self.cache, self.monkeypatch = tmp, base, cache, monkeypatch
         self.out = tmp / "out"  # does not exist: no case may create it
 
     @property
@@ -53,6 +53,12 @@ class Ctx:
         path = self.tmp / f"no_{key}.pt"
         torch.save(state, path)
         return path
+
+    def without_module(self, name: str) -> None:
+        """As if the package `name` were not installed (for this test only)."""
+        import sys
+
+        self.monkeypatch.setitem(sys.modules, name, None)
 
     def a_file(self) -> Path:
         path = self.tmp / "a_file"
@@ -144,6 +150,11 @@ CASES = [
     ("--sim conflicts with --set", lambda c: run("--out", c.out, "--sim", "mujoco", *sets("env.sim=isaacgym")),
      ["--sim mujoco", "env.sim=isaacgym"]),
     ("bad --sim", lambda c: run("--out", c.out, "--sim", "bullet"), ["env.sim", "mujoco", "isaacgym"]),
+    ("wandb not installed", lambda c: (c.without_module("wandb"), run("--out", c.out, *sets("log.wandb=true")))[1],
+     ["log.wandb=true", "pip install 'dppo-bench[wandb]'"]),
+    ("bad wandb mode", lambda c: run("--out", c.out, *sets("log.wandb_mode=cloud")), ["log.wandb_mode", "offline", "online"]),
+    ("bad wandb project", lambda c: run("--out", c.out, *sets("log.wandb_project=a/b")), ["log.wandb_project", "'a/b'"]),
+    ("log.tensorboard not a bool", lambda c: run("--out", c.out, *sets("log.tensorboard=maybe")), ["log.tensorboard", "true or false"]),
     ("bench config validates too", lambda c: ["config", *SMOKE, *sets("eval.every=0")], ["eval.every"]),
     # output directory
     ("--out is a file", lambda c: run("--out", c.a_file(), *sets("torch_threads=1")), ["is a file"]),
@@ -208,8 +219,8 @@ def _snapshot(*roots: Path) -> dict:
 
 
 @pytest.mark.parametrize("case_id,setup,needles", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table(cli, tmp_path, base_run, _cache_dir, case_id, setup, needles):
-    ctx = Ctx(tmp_path, base_run, _cache_dir)
+def test_bad_input_table(cli, tmp_path, base_run, _cache_dir, monkeypatch, case_id, setup, needles):
+    ctx = Ctx(tmp_path, base_run, _cache_dir, monkeypatch)
     args = setup(ctx)
     before = _snapshot(tmp_path, base_run, _cache_dir)
     t0 = time.time()

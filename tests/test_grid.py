@@ -64,7 +64,7 @@ def test_expand_grid_deterministic(tmp_path):
     assert r.log_path(tmp_path) == tmp_path / "logs" / "hopper_dppo_seed0.log"
     cmd = r.command(tmp_path)
     assert cmd[:3] == [sys.executable, "-m", "bench.cli"]
-    assert cmd[-2:] == ["--set", "train.n_iterations=3"] and "--resume" in cmd and "--quiet" in cmd
+    assert cmd[-2:] == ["--set", "train.n_iterations=3"] and "--resume" in cmd and "--quiet" not in cmd
     assert [s["state"] for s in grid_status(runs, tmp_path)] == ["pending"] * 4
     assert not any(tmp_path.iterdir())
 

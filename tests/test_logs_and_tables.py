@@ -128,12 +128,17 @@ def test_progress_is_a_live_bar_on_a_terminal_and_lines_elsewhere():
     g = GridLog(plain, log_every=3600)
     row = {"run_id": "hopper/dppo/seed0", "state": "running", "started": 1.0, "iteration": 1, "n_iterations": 4,
            "env_steps": 100}
+    info = {"metrics": {"train_return": 1.5, "env_steps_per_s": 250.0},
+            "eval": {"iteration": 1, "return_mean": 2.0, "success_rate": 0.5, "score_mean": float("nan")}}
     g.event("start", row, {"log": "x.log"})
-    for it in (1, 2, 3):  # throttled per run: one progress line within the hour
-        g.event("progress", dict(row, iteration=it), {})
+    for it in (1, 2, 3, 4):  # throttled per run: one progress line within the hour, and the last iteration's
+        g.event("progress", dict(row, iteration=it), info)
     g.event("done", row, {"wall_s": 12.0})
     lines = buf.getvalue().splitlines()
-    assert [x.split(" ", 2)[2].split(" ")[0] for x in lines] == ["start", "hopper/dppo/seed0", "done"], lines
+    assert [x.split(" ", 2)[2].split(" ")[0] for x in lines] == ["start", "hopper/dppo/seed0", "hopper/dppo/seed0",
+                                                                   "done"], lines
+    assert "iteration 1/4 | env steps 100 | train return 1.5 | eval 2.00 (success 0.50) at itr 1 | 250 steps/s | " \
+        in lines[1] and "iteration 4/4" in lines[2], lines
 
 
 def test_grid_logs_plain_event_lines_when_not_a_terminal(tmp_path):
@@ -147,9 +152,35 @@ def test_grid_logs_plain_event_lines_when_not_a_terminal(tmp_path):
         assert needle in err, (needle, err)
     assert all(re.match(r"^\d\d:\d\d:\d\d grid: ", x) for x in err.splitlines()), err
     assert "grid: 1 runs, 0 already complete, 1 completed, 0 failed" in r.stdout
+    # the run's progress, forwarded from its CSVs with the fields of `bench run`'s lines ...
+    assert re.search(r"grid: point_reach/dppo/seed0 iteration 2/2 \| env steps \d+ \| train return \S+ \| "
+                     r"eval -?[\d.]+ \(score [-\d.]+, success [\d.]+\) at itr 2 \| \d+ steps/s \| ", err), err
+    # ... and the run's own plain lines in its log
+    log = (tmp_path / "res" / "logs" / "point_reach_dppo_seed0.log").read_text()
+    assert "\x1b[" not in log and "Traceback" not in log, log  # (the summary table on stdout has box lines)
+    assert [int(m[1]) for m in map(RUN_LINE.match, log.splitlines()) if m] == [0, 1, 2], log
     r, err = _run_to_file(args, tmp_path / "grid2.txt")
     assert r.returncode == 0 and "grid: skip point_reach/dppo/seed0 (complete)" in err, err
     _plain(err)
+
+
+@pytest.mark.slow
+def test_grid_runs_log_their_progress_every_log_every_seconds(tmp_path):
+    from bench.grid import expand_grid, run_grid
+
+    runs = expand_grid(["dppo"], ["point_reach"], "0", "smoke", {"train.n_iterations": "4", "torch_threads": "1"})
+    cmd = runs[0].cli_args(tmp_path)
+    assert "--quiet" not in cmd and "--log-every" not in cmd  # the run's default: $DPPO_BENCH_LOG_EVERY or 10 s
+    env = {"DPPO_BENCH_LOG_EVERY": os.environ.pop("DPPO_BENCH_LOG_EVERY", None)}
+    try:
+        s = run_grid(runs, tmp_path, log_every=0)
+    finally:
+        os.environ.update({k: v for k, v in env.items() if v is not None})
+    log = runs[0].log_path(tmp_path).read_text()
+    assert s["completed"] == 1, log
+    assert "--log-every 0 " in log  # the command in the log's header
+    # every iteration: the 10 s default would leave out 2 and 3 of this second-long run
+    assert [int(m[1]) for m in map(RUN_LINE.match, log.splitlines()) if m] == [0, 1, 2, 3, 4], log
 
 
 def test_listing_tables_survive_a_pipe():

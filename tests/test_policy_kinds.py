@@ -46,7 +46,7 @@ def test_every_kind_builds_checks_and_keys(kind):
 
 
 def test_unknown_kind_names_the_valid_ones():
-    with pytest.raises(BenchError, match="valid policy kinds: diffusion, gaussian, gmm"):
+    with pytest.raises(BenchError, match="valid policy kinds: diffusion, diffusion_unet, gaussian, gmm"):
         policies.get_policy_kind("unet9")
 
 
