@@ -198,3 +198,38 @@ def test_pretraining_weights_are_bit_identical_to_the_reference_loop(kind, tmp_p
     assert got["wall_s"] > 0 and got["device"] == "cpu" and got["torch_threads"] >= 1
     assert got["updates_per_s"] == pytest.approx(233 / got["wall_s"])
     assert got["samples_per_s"] == pytest.approx(233 * 32 / got["wall_s"])
+
+
+def test_snapshots_see_the_ema_at_their_update_and_leave_training_unchanged(tmp_path, monkeypatch):
+    """`bench pretrain --eval-at`'s hook: called after exactly those updates with the EMA weights, and the final
+    weights bit-identical to a training without snapshots."""
+    from bench.config import pretrain_config
+    from bench.pretrain import pretrain_policy
+
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "a"))
+    cfg = pretrain_config(hidden_dims=(16, 16, 16), denoising_steps=4, n_updates=120, batch_size=32, time_dim=8,
+                          ema_start=30, ema_every=1, ema_decay=0.9, activation="Mish", seed=1)
+    ds = synthetic_dataset(300)
+    seen = {}
+
+    def on_snapshot(update, ema, norm):
+        seen[update] = {k: v.clone() for k, v in ema.state_dict().items()}
+
+    with_snaps = torch.load(pretrain_policy("diffusion", "synthetic", 2, 2, ds, 2, cfg, on_snapshot=on_snapshot,
+                                            snapshot_at=[40, 80]), weights_only=False)["state_dict"]
+    assert sorted(seen) == [40, 80]
+    monkeypatch.setenv("DPPO_BENCH_CACHE", str(tmp_path / "b"))
+    plain = torch.load(pretrain_policy("diffusion", "synthetic", 2, 2, ds, 2, cfg), weights_only=False)["state_dict"]
+    assert all(torch.equal(with_snaps[k], plain[k]) for k in plain)
+    # the snapshots are the EMA part-way: they differ from each other and from the end (training went on)
+    assert any(not torch.equal(seen[40][k], seen[80][k]) for k in plain)
+    assert any(not torch.equal(seen[80][k], plain[k]) for k in plain)
+
+
+def test_eval_at_options_are_checked_before_any_work(cli, tmp_path):
+    code, out, err = cli("pretrain", "--task", "point_reach", "--preset", "smoke", "--eval-at", "10")
+    assert code == 2 and "--eval-at needs --eval N" in err
+    code, out, err = cli("pretrain", "--task", "point_reach", "--preset", "smoke", "--eval", "2", "--eval-at", "10,x")
+    assert code == 2 and "comma-separated update counts" in err
+    code, out, err = cli("pretrain", "--task", "point_reach", "--preset", "smoke", "--eval", "2", "--eval-at", "50")
+    assert code == 2 and "between 1 and pretrain.n_updates - 1 = 49" in err
