@@ -620,8 +620,10 @@ def _load_algo_state(algo: Algorithm, state: dict, path: Path) -> None:
         raise BenchError(f"checkpoint {path}: its algo state does not fit {type(algo).__name__} ({msg})") from None
 
 
-def load_for_eval(path: Path, device_name: str = "cpu"):
-    """A run directory or checkpoint -> (RunContext, algorithm with the fine-tuned weights, normalizer, state)."""
+def load_for_eval(path: Path, device_name: str = "cpu", pretrained: bool = False):
+    """A run directory or checkpoint -> (RunContext, algorithm with the fine-tuned weights, normalizer, state).
+    `pretrained`: the algorithm on the run's pre-trained weights instead, built as `bench run` builds it for
+    its iteration-0 evaluation (seeded, nothing fine-tuned loaded)."""
     from bench.pretrain import build_policy
 
     path = Path(path)
@@ -643,8 +645,11 @@ def load_for_eval(path: Path, device_name: str = "cpu"):
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise BenchError(f"checkpoint {path}: its pre-trained weights do not fit the config ({msg})") from None
+    if pretrained:
+        seed_everything(cfg.seed)
     algo = build_algorithm(ctx, policy.to(ctx.device))
-    _load_algo_state(algo, state, path)
+    if not pretrained:
+        _load_algo_state(algo, state, path)
     return ctx, algo, Normalizer.from_state_dict(state["normalizer"]), state
 
 

@@ -209,37 +209,19 @@ def check_options(out: Path, episodes: int, fps: float | None, every: int | None
                              "give --out FILE.gif") from None
 
 
-def load_policy(run_dir: Path, pretrained: bool):
-    """(RunContext, algorithm, normalizer, checkpoint state) as `bench eval` loads them; `pretrained`: the
-    algorithm built on the run's pre-trained weights, as `bench run` builds it for its iteration-0 evaluation."""
-    from algorithms.policies import policy_kind_of_run
-    from bench.pretrain import build_policy
-    from bench.runner import build_algorithm, load_for_eval, seed_everything
-
-    ctx, algo, norm, state = load_for_eval(run_dir, "cpu")
-    if pretrained:
-        cfg = ctx.cfg
-        policy = build_policy(policy_kind_of_run(cfg), ctx.task.obs_dim, ctx.task.act_dim,
-                              cfg.env.horizon_steps, cfg.pretrain)
-        policy.load_state_dict(state["pretrained"])
-        seed_everything(cfg.seed)
-        algo = build_algorithm(ctx, policy)
-    return ctx, algo, norm, state
-
-
 def record(run_dir: Path, episodes: int = 1, pretrained: bool = False, out: Path | None = None,
            fps: float | None = None, every: int | None = None, width: int = 320, height: int = 240,
            camera: str | None = None) -> dict:
     """Render `episodes` deterministic evaluation episodes to `out` (default RUN/video/final.mp4 or
     pretrained.mp4) plus its frame strip; returns what was written and the episodes' returns."""
     from bench.export import check_run_dir
-    from bench.runner import evaluate, make_env
+    from bench.runner import evaluate, load_for_eval, make_env
 
     store = check_run_dir(run_dir)
     out = Path(out) if out is not None else default_path(store.dir, pretrained)
     check_options(out, episodes, fps, every, width, height)
     gl = check_renderer(width, height)
-    ctx, algo, norm, _ = load_policy(store.dir, pretrained)
+    ctx, algo, norm, _ = load_for_eval(store.dir, "cpu", pretrained=pretrained)
     cfg = ctx.cfg
     if cfg.env.sim != "mujoco":
         raise BenchError(f"the run simulates with {cfg.env.sim}; bench video renders MuJoCo scenes only")
